@@ -1,0 +1,117 @@
+"""Packing then unpacking restores byte-identical files: real MiniLM, folders, shards, any tensor layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import weightpack
+from weightpack import minilm, planes
+from weightpack.safetensors_layout import write
+
+from .conftest import sha256_tree
+
+
+@pytest.mark.parametrize("dtype", minilm.DTYPES)
+def test_real_minilm_file_round_trips_byte_identical(minilm_dirs: dict[str, Path], tmp_path: Path, dtype: str) -> None:
+    src = minilm_dirs[dtype] / minilm.CHECKPOINT
+    packed = weightpack.pack(src, tmp_path / "m.wpk")
+    restored = weightpack.unpack(packed, tmp_path / "m.safetensors")
+    assert sha256_tree(restored)["m.safetensors"] == sha256_tree(src)[minilm.CHECKPOINT]
+    limit = {"F32": 0.83, "BF16": 0.67, "F16": 0.86}[dtype]
+    assert packed.stat().st_size < limit * src.stat().st_size
+
+
+def test_real_minilm_folder_round_trips_with_config_and_tokenizer(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    src = minilm_dirs["BF16"]
+    packed = weightpack.pack(src, tmp_path / "packed")
+    assert (packed / "model.wpk").is_file() and not (packed / "model.safetensors").exists()
+    assert (packed / "1_Pooling" / "config.json").read_bytes() == (src / "1_Pooling" / "config.json").read_bytes()
+    restored = weightpack.unpack(packed, tmp_path / "restored")
+    assert sha256_tree(restored) == sha256_tree(src)
+
+
+def test_sharded_folder_with_index_json_round_trips(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    tensors = minilm.load(minilm_dirs["BF16"] / minilm.CHECKPOINT)
+    src = tmp_path / "sharded"
+    src.mkdir()
+    names = list(tensors)
+    weight_map = {}
+    for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = f"model-{k + 1:05d}-of-00002.safetensors"
+        write(src / shard, {n: tensors[n] for n in part}, {"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    packed = weightpack.pack(src, tmp_path / "packed")
+    assert sorted(p.name for p in packed.iterdir()) == [
+        "model-00001-of-00002.wpk", "model-00002-of-00002.wpk", "model.safetensors.index.json"]
+    assert sha256_tree(weightpack.unpack(packed, tmp_path / "restored")) == sha256_tree(src)
+
+
+def test_packing_is_deterministic(bf16_file: Path, tmp_path: Path) -> None:
+    a = weightpack.pack(bf16_file, tmp_path / "a.wpk", threads=1)
+    b = weightpack.pack(bf16_file, tmp_path / "b.wpk", threads=2)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_default_names_mirror_each_other(bf16_file: Path, tmp_path: Path) -> None:
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(bf16_file.read_bytes())
+    packed = weightpack.pack(src)
+    assert packed == tmp_path / "model.wpk"
+    src.rename(tmp_path / "original.safetensors")
+    assert weightpack.unpack(packed) == src
+    assert src.read_bytes() == bf16_file.read_bytes()
+
+
+# ---------------------------------------------------------------- any layout a safetensors file can have
+
+shapes = st.lists(st.integers(0, 7), min_size=0, max_size=3).map(tuple)
+
+
+@st.composite
+def checkpoints(draw: st.DrawFn) -> tuple[dict, dict | None]:
+    n = draw(st.integers(0, 5))
+    tensors = {}
+    for k in range(n):
+        dtype = draw(st.sampled_from(sorted(planes.DTYPES)))
+        shape = draw(shapes)
+        size = math.prod(shape) * planes.itemsize(dtype)
+        kind = draw(st.sampled_from(["random", "constant", "normal"]))
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        if kind == "random":
+            data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        elif kind == "constant":
+            data = bytes([draw(st.integers(0, 255))]) * size
+        else:
+            data = rng.normal(0, 0.02, size).astype("<f8").tobytes()[:size]
+        tensors[draw(st.text(min_size=1, max_size=12)) + f"#{k}"] = (dtype, shape, data)
+    metadata = draw(st.none() | st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=3))
+    return tensors, metadata
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(checkpoint=checkpoints(), gap=st.binary(max_size=9), tail=st.binary(max_size=9))
+def test_any_checkpoint_layout_round_trips(tmp_path: Path, checkpoint: tuple, gap: bytes, tail: bytes) -> None:
+    tensors, metadata = checkpoint
+    path = tmp_path / "x.safetensors"
+    write(path, tensors, metadata)
+    if gap or tail:  # bytes no tensor owns: between the header and the data, and after the last tensor
+        raw = path.read_bytes()
+        (hlen,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + hlen])
+        for entry in header.values():
+            if "data_offsets" in entry:
+                entry["data_offsets"] = [o + len(gap) for o in entry["data_offsets"]]
+        text = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(text)) + text + gap + raw[8 + hlen:] + tail)
+    packed = weightpack.pack(path, tmp_path / "x.wpk", overwrite=True)
+    restored = weightpack.unpack(packed, tmp_path / "y.safetensors", overwrite=True)
+    assert restored.read_bytes() == path.read_bytes()

@@ -1,0 +1,219 @@
+"""The Python API: pack, unpack, verify and describe files and model folders.
+
+A file ``X.safetensors`` becomes ``X.wpk``; a folder becomes a folder in which every
+``*.safetensors`` is replaced by its ``.wpk`` and every other file (index.json, config, tokenizer,
+in subfolders too) is copied as is. Default destinations, when ``dst`` is None:
+
+=======================  ==========================  ============================
+operation                source                      destination
+=======================  ==========================  ============================
+pack a file              ``m.safetensors``           ``m.wpk``
+pack a folder            ``model/``                  ``model.wpk/``
+unpack a file            ``m.wpk``                   ``m.safetensors``
+unpack a folder          ``model.wpk/``              ``model/``
+=======================  ==========================  ============================
+
+(A source without the expected suffix gets ``.wpk`` / ``.safetensors`` / ``.unpacked`` appended.)
+Every output is built under a temporary name, verified, and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .atomic import atomic_output, check_free
+from .container import CODEC_NAMES, KIND_TENSOR
+from .errors import WeightpackError
+from .planes import layout
+from .wpkfile import ArchiveReader, pack_stream
+
+SAFETENSORS, WPK = ".safetensors", ".wpk"
+
+
+def _pool(threads: int | None) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+
+
+@contextmanager
+def _about(path: Path) -> Iterator[None]:
+    """Make every failure inside name ``path``: one line a user can act on."""
+    try:
+        yield
+    except WeightpackError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except OSError as exc:
+        name = exc.filename or path
+        raise WeightpackError(f"{name}: {exc.strerror or exc}") from None
+
+
+def _default_dst(src: Path, from_suffix: str, to_suffix: str, folder_suffix: str) -> Path:
+    if src.is_dir():
+        if from_suffix != WPK:
+            return src.with_name(src.name + WPK)
+        return src.with_name(src.name[:-len(WPK)] if src.name.endswith(WPK) else src.name + folder_suffix)
+    if src.name.endswith(from_suffix):
+        return src.with_name(src.name[:-len(from_suffix)] + to_suffix)
+    return src.with_name(src.name + to_suffix)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _bar(total: int, enabled: bool, desc: str) -> tqdm:
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, file=sys.stderr,
+                leave=False)
+
+
+def _copy_verified(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    if _sha256(src) != _sha256(dst):
+        raise WeightpackError(f"{dst}: copy does not match its source")
+
+
+def _sha256(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm) -> None:
+    with _about(src):
+        with open(tmp, "wb") as out:
+            pack_stream(src, out, pool, bar.update)
+        if verify:
+            with ArchiveReader(tmp) as reader:
+                reader.restore(None, pool)
+
+
+def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm) -> None:
+    with _about(src), ArchiveReader(src) as reader, open(tmp, "wb") as out:
+        reader.restore(out, pool, bar.update)
+
+
+def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
+         threads: int | None = None, verify: bool = True, progress: bool = False) -> Path:
+    """Pack a safetensors file or a model folder; return the destination.
+
+    ``verify`` decodes each new archive and checks its sha256 against the source before publishing it.
+    ``threads`` defaults to every core; ``progress`` shows a tqdm bar on stderr.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise WeightpackError(f"{src}: no such file or folder")
+    dst = Path(dst) if dst is not None else _default_dst(src, SAFETENSORS, WPK, WPK)
+    check_free(dst, overwrite)
+    with _pool(threads) as pool:
+        if src.is_file():
+            with _bar(src.stat().st_size, progress, "pack") as bar, atomic_output(dst, overwrite) as tmp:
+                _pack_file(src, tmp, pool, verify, bar)
+            return dst
+        files = _files(src)
+        for f in files:
+            if f.suffix == WPK:
+                raise WeightpackError(f"{f}: the folder already holds .wpk files; is it packed already?")
+        with _bar(sum(f.stat().st_size for f in files), progress, "pack") as bar, \
+                atomic_output(dst, overwrite, directory=True) as tmp:
+            for f in files:
+                rel = f.relative_to(src)
+                if f.suffix == SAFETENSORS:
+                    out = tmp / rel.with_suffix(WPK)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    _pack_file(f, out, pool, verify, bar)
+                else:
+                    with _about(f):
+                        _copy_verified(f, tmp / rel)
+                    bar.update(f.stat().st_size)
+    return dst
+
+
+def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
+           threads: int | None = None, progress: bool = False) -> Path:
+    """Restore the original file or folder from a .wpk or packed folder; return the destination.
+
+    Each restored file's sha256 is checked against the one recorded at packing before it is published.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise WeightpackError(f"{src}: no such file or folder")
+    dst = Path(dst) if dst is not None else _default_dst(src, WPK, SAFETENSORS, ".unpacked")
+    check_free(dst, overwrite)
+    with _pool(threads) as pool:
+        if src.is_file():
+            with _bar(src.stat().st_size, progress, "unpack") as bar, atomic_output(dst, overwrite) as tmp:
+                _unpack_file(src, tmp, pool, bar)
+            return dst
+        files = _files(src)
+        names = {f.relative_to(src) for f in files}
+        with _bar(0, progress, "unpack") as bar, atomic_output(dst, overwrite, directory=True) as tmp:
+            for f in files:
+                rel = f.relative_to(src)
+                if f.suffix == WPK:
+                    if rel.with_suffix(SAFETENSORS) in names:
+                        raise WeightpackError(f"{f}: both it and {rel.with_suffix(SAFETENSORS)} exist")
+                    out = tmp / rel.with_suffix(SAFETENSORS)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    _unpack_file(f, out, pool, bar)
+                else:
+                    with _about(f):
+                        _copy_verified(f, tmp / rel)
+    return dst
+
+
+def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False) -> int:
+    """Fully decode a .wpk (or every .wpk of a folder) and check all checksums; return the files checked."""
+    src = Path(src)
+    if not src.exists():
+        raise WeightpackError(f"{src}: no such file or folder")
+    files = [src] if src.is_file() else [f for f in _files(src) if f.suffix == WPK]
+    with _pool(threads) as pool, _bar(sum(f.stat().st_size for f in files), progress, "verify") as bar:
+        for f in files:
+            with _about(f), ArchiveReader(f) as reader:
+                reader.restore(None, pool)
+            bar.update(f.stat().st_size)
+    return len(files)
+
+
+def info(src: str | os.PathLike) -> dict:
+    """Describe a .wpk from its index alone: per tensor and plane, the codec, bits achieved, and the bound.
+
+    The bound is the order-0 empirical entropy of each plane of each tensor: what a static per-tensor
+    order-0 coder cannot beat. ``bits`` are stored bits per symbol, tables and chunk states included.
+    """
+    src = Path(src)
+    with _about(src), ArchiveReader(src) as reader:
+        index = reader.index
+        file_size = src.stat().st_size
+    tensors = []
+    for seg in index.segments:
+        if seg.kind != KIND_TENSOR:
+            continue
+        plane_rows = [{
+            "plane": spec.name, "codec": CODEC_NAMES[p.codec],
+            "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
+            "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
+        } for spec, p in zip(layout(seg.dtype), seg.planes)]
+        tensors.append({
+            "name": seg.name, "dtype": seg.dtype, "shape": list(seg.shape), "original_bytes": seg.length,
+            "packed_bytes": sum(p.stored_bytes for p in seg.planes),
+            "bound_bytes": sum(p.bound_bits for p in seg.planes) / 8, "planes": plane_rows,
+        })
+    tensor_bytes = sum(t["original_bytes"] for t in tensors)
+    return {
+        "file": str(src), "original_bytes": index.original_size, "packed_bytes": file_size,
+        "ratio": file_size / index.original_size if index.original_size else 0.0,
+        "tensor_bytes": tensor_bytes,
+        "tensor_packed_bytes": sum(t["packed_bytes"] for t in tensors),
+        "tensor_bound_bytes": sum(t["bound_bytes"] for t in tensors),
+        "sha256": index.original_sha256.hex(), "tensors": tensors,
+    }

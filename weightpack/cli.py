@@ -1,0 +1,141 @@
+"""The ``weightpack`` command line. Exit status: 0 ok, 1 error (one line on stderr), 2 usage, 130 Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__, api
+from .errors import WeightpackError
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _tree_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _transfer(args: argparse.Namespace, run: Callable[[], Path], verb: str) -> dict:
+    start = time.perf_counter()
+    dst = run()
+    seconds = time.perf_counter() - start
+    before, after = _tree_size(Path(args.src)), _tree_size(dst)
+    summary = {"source": str(args.src), "destination": str(dst), "source_bytes": before,
+               "destination_bytes": after, "seconds": round(seconds, 3)}
+    if not args.quiet and not args.json:
+        print(f"{verb} {args.src} -> {dst}: {_size(before)} -> {_size(after)} "
+              f"({100 * after / max(before, 1):.2f}%) in {seconds:.2f} s")
+    return summary
+
+
+def _pack(args: argparse.Namespace) -> dict:
+    return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
+                                            verify=not args.no_verify, progress=args.progress), "packed")
+
+
+def _unpack(args: argparse.Namespace) -> dict:
+    return _transfer(args, lambda: api.unpack(args.src, args.output, overwrite=args.force, threads=args.threads,
+                                              progress=args.progress), "unpacked")
+
+
+def _verify(args: argparse.Namespace) -> dict:
+    count = api.verify(args.src, threads=args.threads, progress=args.progress)
+    if not args.quiet and not args.json:
+        print(f"{args.src}: OK ({count} archive{'s' if count != 1 else ''} decoded, every checksum and sha256 match)")
+    return {"source": str(args.src), "archives": count, "ok": True}
+
+
+def _info(args: argparse.Namespace) -> dict:
+    report = api.info(args.src)
+    if args.json or args.quiet:
+        return report
+    print(f"{'tensor':<48} {'dtype':<6} {'shape':<14} {'packed':>8}  planes: codec bits/symbol (order-0 bound)")
+    for t in report["tensors"]:
+        ratio = t["packed_bytes"] / t["original_bytes"] if t["original_bytes"] else 0.0
+        planes = "  ".join(f"{p['plane']}:{p['codec']} {p['bits']:.3f} ({p['bound_bits']:.3f})" for p in t["planes"])
+        shape = "x".join(map(str, t["shape"])) or "scalar"
+        print(f"{t['name'][:48]:<48} {t['dtype']:<6} {shape:<14} {100 * ratio:7.2f}%  {planes}")
+    tb = max(report["tensor_bytes"], 1)
+    print(f"\nfile: {_size(report['original_bytes'])} -> {_size(report['packed_bytes'])} "
+          f"({100 * report['ratio']:.3f}%), sha256 {report['sha256']}")
+    print(f"tensor data: packed {100 * report['tensor_packed_bytes'] / tb:.3f}% of original; "
+          f"order-0 per-plane bound {100 * report['tensor_bound_bytes'] / tb:.3f}% "
+          f"(gap {100 * (report['tensor_packed_bytes'] - report['tensor_bound_bytes']) / tb:+.3f} pp)")
+    return report
+
+
+def _demo(args: argparse.Namespace) -> dict:
+    from .demo import run_demo
+
+    return run_demo(threads=args.threads, quiet=args.quiet or args.json)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weightpack", description="Lossless compression of safetensors checkpoints.")
+    parser.add_argument("--version", action="version", version=f"weightpack {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    common.add_argument("-j", "--threads", type=int, default=None, metavar="N", help="threads (default: all cores)")
+    common.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("pack", _pack, "pack a .safetensors file or a model folder")
+    p.add_argument("src", type=Path, help="X.safetensors or a model folder")
+    p.add_argument("-o", "--output", type=Path, help="destination (default: X.wpk, or FOLDER.wpk/ for a folder)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
+    p.add_argument("--no-verify", action="store_true", help="skip decoding the new archive before publishing it")
+    p = command("unpack", _unpack, "restore the original files from a .wpk or a packed folder")
+    p.add_argument("src", type=Path, help="X.wpk or a packed folder")
+    p.add_argument("-o", "--output", type=Path,
+                   help="destination (default: X.safetensors, or FOLDER/ for FOLDER.wpk/)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
+    p = command("verify", _verify, "decode an archive fully and check every checksum; write nothing")
+    p.add_argument("src", type=Path, help="X.wpk or a packed folder")
+    p = command("info", _info, "show per tensor and plane: codec, bits achieved, order-0 bound")
+    p.add_argument("src", type=Path, help="X.wpk")
+    command("demo", _demo, "pack and unpack the real all-MiniLM-L6-v2 in F32, BF16 and F16")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        _parser().error("--threads must be at least 1")
+    args.progress = not args.quiet and not args.json and sys.stderr.isatty()
+    try:
+        result = args.func(args)
+    except WeightpackError as exc:
+        print(f"weightpack: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("weightpack: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"weightpack: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, unless debugging
+        if os.environ.get("WEIGHTPACK_DEBUG"):
+            raise
+        print(f"weightpack: internal error: {type(exc).__name__}: {exc} (set WEIGHTPACK_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Plane codecs: choose how each plane is stored (rANS, constant, raw, zstd) and code it in chunks.
+
+A plane is cut into chunks of ``CHUNK_SYMBOLS`` symbols that are coded independently, so that the
+work spreads over threads and damage stays local to one chunk. The choice of codec is made from the
+histogram before any coding: rANS when its estimated size (coded bits, table, per-chunk states) is
+smaller than storing the plane raw, a single symbol when the plane is constant.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+
+import numpy as np
+import zstandard
+
+from . import rans
+from .container import CODEC_CONST, CODEC_RANS, CODEC_RAW, CODEC_ZSTD, PlaneRecord
+from .entropy import FrequencyTable, entropy_bits, histogram
+from .errors import FormatError, IntegrityError
+
+CHUNK_SYMBOLS = 1 << 18
+BYTES_CHUNK = 1 << 22  # verbatim runs (headers, gaps) go through zstd in chunks of 4 MiB
+ZSTD_LEVEL = 19
+CHUNK_OVERHEAD_BYTES = rans.HEADER_BYTES + 16  # coder states, plus the chunk's index entry
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _rans_chunk(symbols: np.ndarray, table: np.ndarray) -> bytes:
+    out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
+    start = rans.encode(symbols, table, out)
+    return out[start:].tobytes()
+
+
+def encode_plane(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
+    """Code one plane; return its record (chunks without offsets yet) and the chunk payloads in order."""
+    counts = histogram(symbols, bits)
+    bound = int(np.ceil(entropy_bits(counts)))
+    raw_bytes = symbols.size * symbols.itemsize
+    present = np.flatnonzero(counts)
+    if present.size == 1:
+        return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
+    table = FrequencyTable.fit(counts) if present.size > 1 else None
+    if table is not None:
+        params = table.to_bytes()
+        slices = _chunks(symbols.size, CHUNK_SYMBOLS)
+        estimate = table.coded_bits(counts) / 8 + len(params) + CHUNK_OVERHEAD_BYTES * len(slices)
+        if estimate < raw_bytes:
+            enc = table.encoder_table()
+            payloads = list(pool.map(lambda s: _rans_chunk(symbols[s], enc), slices))
+            if sum(map(len, payloads)) + len(params) < raw_bytes:
+                return PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, params), payloads
+    payloads = [symbols[s].astype(symbols.dtype.newbyteorder("<")).tobytes()
+                for s in _chunks(symbols.size, CHUNK_SYMBOLS)]
+    return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), payloads
+
+
+def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
+    """Verbatim bytes (safetensors header, gaps): zstd per chunk, or raw where zstd does not pay."""
+    slices = _chunks(len(data), BYTES_CHUNK)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True)
+    packed = list(pool.map(lambda s: compressor.compress(data[s].tobytes()), slices)) if slices else []
+    if sum(map(len, packed)) < len(data):
+        return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), packed
+    return PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""), [data[s].tobytes() for s in slices]
+
+
+def check_chunks(plane: PlaneRecord, read: Callable[[int, int], np.ndarray], pool: Executor,
+                 where: str) -> list[np.ndarray]:
+    """Read every chunk of a plane and verify its CRC32; IntegrityError naming ``where`` on mismatch."""
+    def one(chunk):
+        data = read(chunk.offset, chunk.size)
+        if zlib.crc32(data) != chunk.crc32:
+            raise IntegrityError(f"{where}: checksum mismatch in chunk at offset {chunk.offset}")
+        return data
+    return list(pool.map(one, plane.chunks))
+
+
+def decode_plane(plane: PlaneRecord, count: int, payloads: Iterable[np.ndarray], pool: Executor,
+                 where: str) -> np.ndarray:
+    """Rebuild a plane of ``count`` symbols from its checked chunk payloads."""
+    dtype = np.dtype(np.uint8 if plane.bits <= 8 else np.uint16)
+    payloads = list(payloads)
+    if plane.codec == CODEC_CONST:
+        value = int.from_bytes(plane.params, "little") if len(plane.params) == 2 else -1
+        if not 0 <= value < 1 << plane.bits:
+            raise FormatError(f"{where}: invalid constant plane")
+        return np.full(count, value, dtype)
+    out = np.empty(count, dtype)
+    slices = _chunks(count, plane.chunk_symbols)
+    if plane.codec == CODEC_RAW:
+        for s, data in zip(slices, payloads):
+            if len(data) != (s.stop - s.start) * dtype.itemsize:
+                raise FormatError(f"{where}: raw chunk has the wrong size")
+            out[s] = np.frombuffer(data, dtype.newbyteorder("<"))
+        if plane.bits < 8 * dtype.itemsize and out.size and int(out.max()) >> plane.bits:
+            raise FormatError(f"{where}: raw symbols exceed the plane width")
+        return out
+    if plane.codec == CODEC_ZSTD:
+        def unzstd(job):
+            s, data = job
+            try:
+                raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=s.stop - s.start)
+            except zstandard.ZstdError as exc:
+                raise FormatError(f"{where}: zstd chunk is corrupt ({exc})") from None
+            if len(raw) != s.stop - s.start:
+                raise FormatError(f"{where}: zstd chunk has the wrong size")
+            out[s] = np.frombuffer(raw, np.uint8)
+        list(pool.map(unzstd, zip(slices, payloads)))
+        return out
+    table = FrequencyTable.from_bytes(plane.params, plane.bits)
+    slot_symbol, slot_info = table.decoder_tables(dtype)
+
+    def unrans(job):
+        s, data = job
+        if not rans.decode(np.frombuffer(data, np.uint8), table.precision, slot_symbol, slot_info, out[s]):
+            raise IntegrityError(f"{where}: rANS chunk is inconsistent")
+    list(pool.map(unrans, zip(slices, payloads)))
+    return out

@@ -1,0 +1,238 @@
+"""The .wpk container: preamble, payload chunks, index, footer. See docs/FORMAT.md for every field.
+
+This module knows the byte layout and nothing about how planes are coded. It writes a stream
+front to back (payload first, index last, so packing needs no seeking and bounded memory) and reads
+an archive by its footer, validating every size, offset and count against the file before anything
+else trusts it.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .errors import FormatError, IntegrityError
+from .planes import itemsize, layout
+
+MAGIC = b"\x89WPK\r\n\x1a\n"
+FOOTER_MAGIC = b"WPKINDEX"
+VERSION = 1
+PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, reserved
+FOOTER = struct.Struct("<QQII8s")  # index offset, index length, index crc32, footer crc32, magic
+CHUNK = struct.Struct("<QII")  # offset, stored size, crc32
+
+CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
+CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC_ZSTD: "zstd"}
+KIND_BYTES, KIND_TENSOR = 0, 1
+MAX_NAME_BYTES = 65535
+
+
+@dataclass
+class Chunk:
+    offset: int
+    size: int
+    crc32: int
+
+
+@dataclass
+class PlaneRecord:
+    """How one plane (or one run of verbatim bytes) is stored: codec, parameters, chunks."""
+
+    codec: int
+    bits: int
+    bound_bits: int  # order-0 entropy of the plane, rounded up: the limit for a static coder
+    chunk_symbols: int
+    params: bytes
+    chunks: list[Chunk] = field(default_factory=list)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(c.size for c in self.chunks) + len(self.params)
+
+
+@dataclass
+class Segment:
+    """A contiguous run of the original file: verbatim bytes (header, gaps) or one tensor's data."""
+
+    kind: int
+    length: int
+    planes: list[PlaneRecord]
+    name: str = ""
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """Symbols per plane: elements of a tensor, bytes of a verbatim run."""
+        return self.length // itemsize(self.dtype) if self.kind == KIND_TENSOR else self.length
+
+
+@dataclass
+class Index:
+    original_size: int
+    original_sha256: bytes
+    segments: list[Segment]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_preamble(out: BinaryIO) -> None:
+    out.write(PREAMBLE.pack(MAGIC, VERSION, 0, 0))
+
+
+def _plane_bytes(plane: PlaneRecord) -> bytes:
+    head = struct.pack("<BBQII", plane.codec, plane.bits, plane.bound_bits, plane.chunk_symbols, len(plane.params))
+    chunks = b"".join(CHUNK.pack(c.offset, c.size, c.crc32) for c in plane.chunks)
+    return head + plane.params + struct.pack("<I", len(plane.chunks)) + chunks
+
+
+def _segment_bytes(seg: Segment) -> bytes:
+    out = struct.pack("<BQ", seg.kind, seg.length)
+    if seg.kind == KIND_TENSOR:
+        name, dtype = seg.name.encode(), seg.dtype.encode()
+        out += struct.pack("<H", len(name)) + name + struct.pack("<B", len(dtype)) + dtype
+        out += struct.pack(f"<B{len(seg.shape)}Q", len(seg.shape), *seg.shape)
+    out += struct.pack("<B", len(seg.planes))
+    return out + b"".join(_plane_bytes(p) for p in seg.planes)
+
+
+def write_index(out: BinaryIO, index: Index, offset: int) -> None:
+    """Append the index at ``offset`` (the current end of the payload), then the footer."""
+    body = struct.pack("<Q32sI", index.original_size, index.original_sha256, len(index.segments))
+    body += b"".join(_segment_bytes(s) for s in index.segments)
+    out.write(body)
+    fields = struct.pack("<QQI", offset, len(body), zlib.crc32(body))
+    out.write(fields + struct.pack("<I", zlib.crc32(fields)) + FOOTER_MAGIC)
+
+
+# ---------------------------------------------------------------- reading
+
+
+class _Cursor:
+    """Bounds-checked reader over the index bytes: running off the end is a FormatError, not an IndexError."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise FormatError("index is truncated")
+        self.pos += n
+        return self.data[self.pos - n:self.pos]
+
+    def unpack(self, fmt: str) -> tuple:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size))
+
+
+def check_preamble(head: bytes) -> None:
+    """Refuse anything that is not a .wpk of a version and flags this reader understands."""
+    if len(head) < PREAMBLE.size or head[:8] != MAGIC:
+        raise FormatError("not a weightpack archive (bad magic)")
+    _, version, flags, reserved = PREAMBLE.unpack(head[:PREAMBLE.size])
+    if version != VERSION:
+        raise FormatError(f"unsupported format version {version} (this weightpack reads version {VERSION})")
+    if flags or reserved:
+        raise FormatError(f"unsupported format flags 0x{flags:04x}/{reserved:#x}")
+
+
+def _read_plane(cur: _Cursor, count: int, payload_end: int) -> PlaneRecord:
+    codec, bits, bound_bits, chunk_symbols, params_len = cur.unpack("BBQII")
+    if codec not in CODEC_NAMES or not 1 <= bits <= 16:
+        raise FormatError(f"unknown codec {codec} or plane width {bits}")
+    params = cur.take(params_len)
+    (n_chunks,) = cur.unpack("I")
+    if codec == CODEC_CONST:
+        expected = 0
+    elif chunk_symbols == 0:
+        raise FormatError("plane has a chunk size of 0")
+    else:
+        expected = -(-count // chunk_symbols)
+    if n_chunks != expected:
+        raise FormatError(f"plane has {n_chunks} chunks, expected {expected}")
+    chunks = [Chunk(*CHUNK.unpack(cur.take(CHUNK.size))) for _ in range(n_chunks)]
+    for c in chunks:
+        if c.offset < PREAMBLE.size or c.offset + c.size > payload_end:
+            raise FormatError("chunk lies outside the payload")
+    return PlaneRecord(codec, bits, bound_bits, chunk_symbols, params, chunks)
+
+
+def _read_segment(cur: _Cursor, payload_end: int, remaining: int) -> Segment:
+    kind, length = cur.unpack("BQ")
+    if length > remaining:
+        raise FormatError("segment lengths exceed the original file size")
+    if kind == KIND_BYTES:
+        seg = Segment(kind, length, [])
+    elif kind == KIND_TENSOR:
+        (name_len,) = cur.unpack("H")
+        try:
+            name = cur.take(name_len).decode("utf-8")
+            dtype = cur.take(cur.unpack("B")[0]).decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError("tensor name or dtype is not valid text") from None
+        (ndim,) = cur.unpack("B")
+        shape = cur.unpack(f"{ndim}Q")
+        size = itemsize(dtype)
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel * size != length:
+            raise FormatError(f"tensor {name!r}: shape {list(shape)} does not match its length {length}")
+        seg = Segment(kind, length, [], name, dtype, tuple(shape))
+    else:
+        raise FormatError(f"unknown segment kind {kind}")
+    (n_planes,) = cur.unpack("B")
+    expected = [p.bits for p in layout(seg.dtype)] if kind == KIND_TENSOR else [8]
+    seg.planes = [_read_plane(cur, seg.count, payload_end) for _ in range(n_planes)]
+    if [p.bits for p in seg.planes] != expected:
+        raise FormatError(f"segment {seg.name!r} has planes {[p.bits for p in seg.planes]}, expected {expected}")
+    return seg
+
+
+def read_index(f: BinaryIO, file_size: int) -> Index:
+    """Read and validate preamble, footer and index of an open archive of ``file_size`` bytes."""
+    if file_size < PREAMBLE.size + FOOTER.size:
+        f.seek(0)
+        check_preamble(f.read(PREAMBLE.size))
+        raise FormatError("archive is truncated")
+    f.seek(0)
+    check_preamble(f.read(PREAMBLE.size))
+    f.seek(file_size - FOOTER.size)
+    footer = f.read(FOOTER.size)
+    offset, length, index_crc, footer_crc, magic = FOOTER.unpack(footer)
+    if magic != FOOTER_MAGIC:
+        raise FormatError("archive is truncated or has trailing bytes (footer not found)")
+    if zlib.crc32(footer[:20]) != footer_crc:
+        raise IntegrityError("footer checksum mismatch")
+    if offset < PREAMBLE.size or offset + length != file_size - FOOTER.size:
+        raise FormatError("footer points outside the archive")
+    f.seek(offset)
+    body = f.read(length)
+    if zlib.crc32(body) != index_crc:
+        raise IntegrityError("index checksum mismatch")
+    cur = _Cursor(body)
+    original_size, sha, n_segments = cur.unpack("Q32sI")
+    segments, total = [], 0
+    for _ in range(n_segments):
+        seg = _read_segment(cur, offset, original_size - total)
+        total += seg.length
+        segments.append(seg)
+    if total != original_size or cur.pos != len(body):
+        raise FormatError("index does not describe the whole original file")
+    _check_tiling(segments, offset)
+    return Index(original_size, sha, segments)
+
+
+def _check_tiling(segments: list[Segment], payload_end: int) -> None:
+    """Chunks must cover the payload exactly, without gaps or overlaps: every byte is checksummed."""
+    spans = sorted((c.offset, c.size) for s in segments for p in s.planes for c in p.chunks)
+    pos = PREAMBLE.size
+    for start, size in spans:
+        if start != pos:
+            raise FormatError("payload chunks overlap or leave unchecked gaps")
+        pos += size
+    if pos != payload_end:
+        raise FormatError("payload chunks do not reach the index")

@@ -1,0 +1,146 @@
+"""Order-0 entropy models: symbol counts, the empirical entropy bound, and quantised frequency tables.
+
+A ``FrequencyTable`` is what the rANS kernel codes with: frequencies summing to ``1 << precision``
+with every present symbol at least 1. Its precision is chosen per plane by total cost, coded bits
+plus serialised table bits, because a finer table codes closer to the entropy but costs more bytes
+to store, which matters for the many small tensors of a checkpoint.
+
+Serialised table (little-endian), see docs/FORMAT.md:
+``u8 precision | u16 span | ceil(span / 8) bytes presence bitmap | LEB128 frequency per present symbol``
+where ``span`` is one more than the largest present symbol.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import rans
+from .errors import FormatError
+
+
+def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
+    """Counts of every symbol value of a ``width``-bit plane."""
+    return np.bincount(symbols.ravel(), minlength=1 << width).astype(np.int64)
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Order-0 empirical entropy of the whole plane in bits: the bound a static order-0 coder meets."""
+    total = int(counts.sum())
+    present = counts[counts > 0].astype(np.float64)
+    if total == 0:
+        return 0.0
+    return float(-(present * np.log2(present / total)).sum())
+
+
+def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
+    """Scale counts to sum exactly ``1 << precision`` keeping present symbols >= 1, near-minimal cost.
+
+    Start from the floor of the exact scaling, then hand out (or take back) single units where they
+    change the coded size least, as measured by ``count * log2((f + 1) / f)``.
+    """
+    total_out = 1 << precision
+    present = counts > 0
+    freq = np.where(present, np.maximum(counts * total_out // int(counts.sum()), 1), 0)
+    weight = counts.astype(np.float64)
+    while (diff := total_out - int(freq.sum())) != 0:
+        if diff > 0:
+            gain = np.where(present, weight * np.log2((freq + 1) / np.maximum(freq, 1)), -1.0)
+            picks = np.argsort(-gain, kind="stable")[:diff]
+            freq[picks] += 1
+        else:
+            shrinkable = freq > 1
+            loss = np.where(shrinkable, weight * np.log2(np.maximum(freq, 2) / np.maximum(freq - 1, 1)), np.inf)
+            picks = np.argsort(loss, kind="stable")[: min(-diff, int(shrinkable.sum()))]
+            freq[picks] -= 1
+    return freq
+
+
+def _leb128(values: np.ndarray) -> bytes:
+    out = bytearray()
+    for v in values.tolist():
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class FrequencyTable:
+    """Quantised symbol frequencies for one plane; ``freq`` is indexed by symbol value."""
+
+    precision: int
+    freq: np.ndarray
+
+    @classmethod
+    def fit(cls, counts: np.ndarray) -> FrequencyTable:
+        """The table that minimises coded bits plus its own serialised size for these counts."""
+        n_present = int((counts > 0).sum())
+        lowest = max(1, math.ceil(math.log2(max(n_present, 1))))
+        best, best_cost = None, math.inf
+        for precision in range(lowest, rans.MAX_PRECISION + 1):
+            table = cls(precision, _normalise(counts, precision))
+            cost = table.coded_bits(counts) + 8 * len(table.to_bytes())
+            if cost < best_cost:
+                best, best_cost = table, cost
+        return best
+
+    def coded_bits(self, counts: np.ndarray) -> float:
+        """Bits the rANS coder spends on symbols with these counts (excluding renormalisation flush)."""
+        used = counts > 0
+        return float((counts[used] * (self.precision - np.log2(self.freq[used]))).sum())
+
+    def to_bytes(self) -> bytes:
+        present = np.flatnonzero(self.freq)
+        span = int(present[-1]) + 1
+        bitmap = np.packbits(self.freq[:span] > 0, bitorder="little").tobytes()
+        return (bytes([self.precision]) + span.to_bytes(2, "little") + bitmap
+                + _leb128(self.freq[present].astype(np.int64)))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, width: int) -> FrequencyTable:
+        """Parse and validate a serialised table for a ``width``-bit plane; FormatError if invalid."""
+        if len(data) < 3:
+            raise FormatError("frequency table is truncated")
+        precision = data[0]
+        span = int.from_bytes(data[1:3], "little")
+        if not 1 <= precision <= rans.MAX_PRECISION or not 1 <= span <= (1 << width):
+            raise FormatError("frequency table has an invalid precision or alphabet")
+        end = 3 + (span + 7) // 8
+        if len(data) < end:
+            raise FormatError("frequency table is truncated")
+        bits = np.unpackbits(np.frombuffer(data, np.uint8, end - 3, 3), bitorder="little")[:span]
+        present = np.flatnonzero(bits)
+        values, shift, pos, current = [], 0, end, 0
+        while len(values) < present.size:
+            if pos >= len(data) or shift > 14:
+                raise FormatError("frequency table is truncated or malformed")
+            byte = data[pos]
+            pos += 1
+            current |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                values.append(current)
+                current, shift = 0, 0
+        if pos != len(data):
+            raise FormatError("frequency table has trailing bytes")
+        freq = np.zeros(1 << width, np.int64)
+        freq[present] = values
+        if present.size == 0 or int(freq.sum()) != 1 << precision or (freq[present] == 0).any():
+            raise FormatError("frequency table does not sum to its total")
+        return cls(precision, freq)
+
+    def encoder_table(self) -> np.ndarray:
+        return rans.encoder_table(self.freq, self.precision)
+
+    def decoder_tables(self, symbol_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Slot -> symbol, and slot -> ``freq << 16 | (slot - cum)``, as the decoder wants them."""
+        freq = self.freq
+        cum = np.cumsum(freq) - freq
+        slot_symbol = np.repeat(np.arange(freq.size, dtype=symbol_dtype), freq)
+        slots = np.arange(1 << self.precision, dtype=np.int64)
+        slot_info = (np.repeat(freq, freq) << 16) | (slots - np.repeat(cum, freq))
+        return slot_symbol, slot_info.astype(np.int32)

@@ -1,0 +1,139 @@
+"""One checkpoint <-> one .wpk: pack a safetensors file into an archive stream, read an archive back.
+
+Packing walks the file in order as a list of segments (verbatim header bytes, each tensor's data,
+any gaps), so the concatenation of the decoded segments is the original file, byte for byte. Input
+is read and processed one tensor at a time: memory stays bounded by the largest tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from . import codec, planes
+from .container import (
+    KIND_BYTES,
+    KIND_TENSOR,
+    PREAMBLE,
+    Chunk,
+    Index,
+    Segment,
+    read_index,
+    write_index,
+    write_preamble,
+)
+from .errors import FormatError, IntegrityError
+from .safetensors_layout import read_layout
+
+Progress = Callable[[int], None]
+
+
+def _read_exact(fd: int, offset: int, size: int) -> np.ndarray:
+    """``size`` bytes at ``offset`` (thread-safe, no shared file position); FormatError if the file is short."""
+    buf = np.empty(size, np.uint8)
+    view, done = memoryview(buf), 0
+    while done < size:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise FormatError("file is shorter than its header says (truncated?)")
+        done += n
+    return buf
+
+
+def _spans(src: Path) -> Iterator[tuple[int, int, object]]:
+    """(start, end, tensor entry or None for verbatim bytes) covering the whole file in order."""
+    lay = read_layout(src)
+    yield 0, lay.data_start, None
+    pos = lay.data_start
+    for t in lay.tensors:
+        if t.start > pos:
+            yield pos, t.start, None
+        yield t.start, t.end, t
+        pos = t.end
+    if pos < lay.file_size:
+        yield pos, lay.file_size, None
+
+
+def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = lambda n: None) -> Index:
+    """Write the .wpk of safetensors file ``src`` to ``out`` (positioned at 0); return its index."""
+    spans = list(_spans(src))
+    digest = hashlib.sha256()
+    segments: list[Segment] = []
+    write_preamble(out)
+    offset = PREAMBLE.size
+    with open(src, "rb") as f:
+        for start, end, tensor in spans:
+            data = _read_exact(f.fileno(), start, end - start)
+            digest.update(data)
+            if tensor is None:
+                coded = [codec.encode_bytes(data, pool)]
+                seg = Segment(KIND_BYTES, end - start, [])
+            else:
+                coded = [codec.encode_plane(p, spec.bits, pool)
+                         for p, spec in zip(planes.split(data, tensor.dtype), planes.layout(tensor.dtype))]
+                seg = Segment(KIND_TENSOR, end - start, [], tensor.name, tensor.dtype, tensor.shape)
+            for record, payloads in coded:
+                for payload in payloads:
+                    record.chunks.append(Chunk(offset, len(payload), zlib.crc32(payload)))
+                    out.write(payload)
+                    offset += len(payload)
+                seg.planes.append(record)
+            segments.append(seg)
+            progress(end - start)
+    index = Index(sum(s.length for s in segments), digest.digest(), segments)
+    write_index(out, index, offset)
+    return index
+
+
+class ArchiveReader:
+    """An open .wpk: its validated index, and decoding of any one segment without the others."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 -- closed by close() / __exit__
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            self.index = read_index(self._file, size)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _read(self, offset: int, size: int) -> np.ndarray:
+        return _read_exact(self._file.fileno(), offset, size)
+
+    def segment_bytes(self, seg: Segment, pool: Executor) -> np.ndarray:
+        """The original bytes of one segment (uint8), every chunk checksum verified."""
+        where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
+        decoded = [codec.decode_plane(p, seg.count, codec.check_chunks(p, self._read, pool, where), pool, where)
+                   for p in seg.planes]
+        if seg.kind == KIND_BYTES:
+            return decoded[0]
+        return planes.merge(decoded, seg.dtype)
+
+    def restore(self, out: BinaryIO | None, pool: Executor, progress: Progress = lambda n: None) -> None:
+        """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""
+        digest = hashlib.sha256()
+        for seg in self.index.segments:
+            data = self.segment_bytes(seg, pool)
+            digest.update(data)
+            if out is not None:
+                out.write(data)
+            progress(seg.length)
+        if digest.digest() != self.index.original_sha256:
+            raise IntegrityError("restored bytes do not match the original sha256")
