@@ -1,9 +1,9 @@
 """The .wpk container: preamble, payload chunks, index, footer. See docs/FORMAT.md for every field.
 
-This module knows the byte layout and nothing about how planes are coded. It writes a stream
-front to back (payload first, index last, so packing needs no seeking and bounded memory) and reads
-an archive by its footer, validating every size, offset and count against the file before anything
-else trusts it.
+This module knows the byte layout and nothing about how planes are coded. It writes a stream front
+to back (payload first, then the zstd-compressed index, so packing needs no seeking and bounded
+memory) and reads an archive by its footer, validating every size, offset and count against the
+file before anything else trusts it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import zstandard
+
 from .errors import FormatError, IntegrityError
 from .planes import itemsize, layout
 
@@ -20,13 +22,14 @@ MAGIC = b"\x89WPK\r\n\x1a\n"
 FOOTER_MAGIC = b"WPKINDEX"
 VERSION = 1
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, reserved
-FOOTER = struct.Struct("<QQII8s")  # index offset, index length, index crc32, footer crc32, magic
+FOOTER = struct.Struct("<QQQII8s")  # index offset, stored length, raw length, index crc32, footer crc32, magic
 CHUNK = struct.Struct("<QII")  # offset, stored size, crc32
 
 CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
 CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC_ZSTD: "zstd"}
 KIND_BYTES, KIND_TENSOR = 0, 1
-MAX_NAME_BYTES = 65535
+MAX_INDEX_BYTES = 1 << 30  # a sanity bound on the decompressed index: ~1 GiB is millions of tensors
+INDEX_ZSTD_LEVEL = 19
 
 
 @dataclass
@@ -101,10 +104,11 @@ def _segment_bytes(seg: Segment) -> bytes:
 
 def write_index(out: BinaryIO, index: Index, offset: int) -> None:
     """Append the index at ``offset`` (the current end of the payload), then the footer."""
-    body = struct.pack("<Q32sI", index.original_size, index.original_sha256, len(index.segments))
-    body += b"".join(_segment_bytes(s) for s in index.segments)
+    raw = struct.pack("<Q32sI", index.original_size, index.original_sha256, len(index.segments))
+    raw += b"".join(_segment_bytes(s) for s in index.segments)
+    body = zstandard.ZstdCompressor(level=INDEX_ZSTD_LEVEL, write_checksum=False).compress(raw)
     out.write(body)
-    fields = struct.pack("<QQI", offset, len(body), zlib.crc32(body))
+    fields = struct.pack("<QQQI", offset, len(body), len(raw), zlib.crc32(body))
     out.write(fields + struct.pack("<I", zlib.crc32(fields)) + FOOTER_MAGIC)
 
 
@@ -202,25 +206,31 @@ def read_index(f: BinaryIO, file_size: int) -> Index:
     check_preamble(f.read(PREAMBLE.size))
     f.seek(file_size - FOOTER.size)
     footer = f.read(FOOTER.size)
-    offset, length, index_crc, footer_crc, magic = FOOTER.unpack(footer)
+    offset, length, raw_length, index_crc, footer_crc, magic = FOOTER.unpack(footer)
     if magic != FOOTER_MAGIC:
         raise FormatError("archive is truncated or has trailing bytes (footer not found)")
-    if zlib.crc32(footer[:20]) != footer_crc:
+    if zlib.crc32(footer[:28]) != footer_crc:
         raise IntegrityError("footer checksum mismatch")
-    if offset < PREAMBLE.size or offset + length != file_size - FOOTER.size:
+    if offset < PREAMBLE.size or offset + length != file_size - FOOTER.size or raw_length > MAX_INDEX_BYTES:
         raise FormatError("footer points outside the archive")
     f.seek(offset)
     body = f.read(length)
     if zlib.crc32(body) != index_crc:
         raise IntegrityError("index checksum mismatch")
-    cur = _Cursor(body)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_length)
+    except zstandard.ZstdError:
+        raise FormatError("index does not decompress") from None
+    if len(raw) != raw_length:
+        raise FormatError("index has the wrong length")
+    cur = _Cursor(raw)
     original_size, sha, n_segments = cur.unpack("Q32sI")
     segments, total = [], 0
     for _ in range(n_segments):
         seg = _read_segment(cur, offset, original_size - total)
         total += seg.length
         segments.append(seg)
-    if total != original_size or cur.pos != len(body):
+    if total != original_size or cur.pos != len(raw):
         raise FormatError("index does not describe the whole original file")
     _check_tiling(segments, offset)
     return Index(original_size, sha, segments)

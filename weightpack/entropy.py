@@ -1,9 +1,10 @@
 """Order-0 entropy models: symbol counts, the empirical entropy bound, and quantised frequency tables.
 
 A ``FrequencyTable`` is what the rANS kernel codes with: frequencies summing to ``1 << precision``
-with every present symbol at least 1. Its precision is chosen per plane by total cost, coded bits
-plus serialised table bits, because a finer table codes closer to the entropy but costs more bytes
-to store, which matters for the many small tensors of a checkpoint.
+with every present symbol at least 1. Its precision is chosen per plane by total cost: a finer
+table quantises probabilities better, but costs more bytes to store (which matters for the many
+small tensors of a checkpoint) and codes less exactly once ``1 << precision`` nears the coder's
+state lower bound (``RANS_LOSS_BITS``).
 
 Serialised table (little-endian), see docs/FORMAT.md:
 ``u8 precision | u16 span | ceil(span / 8) bytes presence bitmap | LEB128 frequency per present symbol``
@@ -16,14 +17,23 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from . import rans
 from .errors import FormatError
 
 
+@njit(cache=True, nogil=True)
+def _count(symbols: np.ndarray, counts: np.ndarray) -> None:
+    for s in symbols:
+        counts[s] += 1
+
+
 def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
     """Counts of every symbol value of a ``width``-bit plane."""
-    return np.bincount(symbols.ravel(), minlength=1 << width).astype(np.int64)
+    counts = np.zeros(1 << width, np.int64)
+    _count(symbols.ravel(), counts)
+    return counts
 
 
 def entropy_bits(counts: np.ndarray) -> float:
@@ -58,6 +68,12 @@ def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
     return freq
 
 
+# Measured excess of the rANS coder over the table's ideal cost, in bits per symbol, at precision 15;
+# it shrinks about 4x per bit of precision removed, since it grows as (2**precision / STATE_LOW)**2.
+# (BF16 MiniLM, 590 Ki symbols: 0.0035 bits/symbol at 15, 0.0010 at 14, 0.0003 at 13, on both planes.)
+RANS_LOSS_BITS = 0.0035
+
+
 def _leb128(values: np.ndarray) -> bytes:
     out = bytearray()
     for v in values.tolist():
@@ -83,7 +99,8 @@ class FrequencyTable:
         best, best_cost = None, math.inf
         for precision in range(lowest, rans.MAX_PRECISION + 1):
             table = cls(precision, _normalise(counts, precision))
-            cost = table.coded_bits(counts) + 8 * len(table.to_bytes())
+            loss = RANS_LOSS_BITS * 4.0 ** (precision - rans.MAX_PRECISION) * float(counts.sum())
+            cost = table.coded_bits(counts) + loss + 8 * len(table.to_bytes())
             if cost < best_cost:
                 best, best_cost = table, cost
         return best

@@ -1,0 +1,88 @@
+"""The command line: what each command prints, writes and returns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weightpack.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """The real entry point in a child process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "weightpack", *args], capture_output=True, text=True)
+
+
+def test_pack_unpack_verify_info(bf16_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    wpk, back = tmp_path / "m.wpk", tmp_path / "m.safetensors"
+    assert main(["pack", str(bf16_file), "-o", str(wpk)]) == 0
+    assert "packed" in capsys.readouterr().out
+    assert main(["verify", str(wpk)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["unpack", str(wpk), "-o", str(back), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert back.read_bytes() == bf16_file.read_bytes()
+    assert main(["info", str(wpk)]) == 0
+    out = capsys.readouterr().out
+    assert "order-0 per-plane bound" in out and "exponent:rans" in out
+
+
+def test_info_json_reports_bound_and_achieved_bits_per_plane(bf16_wpk: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", str(bf16_wpk), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    weight = next(t for t in report["tensors"] if t["name"].endswith("query.weight"))
+    exponent = weight["planes"][0]
+    assert exponent["plane"] == "exponent" and exponent["codec"] == "rans"
+    assert exponent["bound_bits"] <= exponent["bits"] < exponent["bound_bits"] + 0.05
+    assert report["tensor_bound_bytes"] <= report["tensor_packed_bytes"]
+
+
+def test_pack_json_summary(bf16_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["pack", str(bf16_file), "-o", str(tmp_path / "m.wpk"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["destination_bytes"] < summary["source_bytes"]
+
+
+def test_existing_output_is_kept_unless_forced(bf16_file: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "m.wpk"
+    dst.write_bytes(b"precious")
+    result = run("pack", str(bf16_file), "-o", str(dst))
+    assert result.returncode == 1 and dst.read_bytes() == b"precious"
+    assert result.stderr.count("\n") == 1 and str(dst) in result.stderr and "-f" in result.stderr
+    assert run("pack", str(bf16_file), "-o", str(dst), "-f", "-q").returncode == 0
+    assert dst.read_bytes()[:4] == b"\x89WPK"
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run("pack").returncode == 2
+    assert run("frobnicate", "x").returncode == 2
+    assert run("pack", str(tmp_path), "-j", "0").returncode == 2
+
+
+def test_errors_are_one_line_naming_the_file_without_traceback(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.wpk"
+    bogus.write_bytes(b"this is not an archive at all, not even close" * 3)
+    for args in (["unpack", str(bogus)], ["verify", str(bogus)], ["info", str(bogus)],
+                 ["pack", str(tmp_path / "missing.safetensors")]):
+        result = run(*args)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith("weightpack: error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.wpk"]  # nothing left behind
+
+
+def test_folder_defaults_mirror_each_other(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    src = tmp_path / "model"
+    src.mkdir()
+    for f in minilm_dirs["F16"].iterdir():
+        if f.is_file():
+            (src / f.name).write_bytes(f.read_bytes())
+    assert main(["pack", str(src), "-q"]) == 0
+    assert (tmp_path / "model.wpk" / "model.wpk").is_file()
+    assert main(["unpack", str(tmp_path / "model.wpk"), "-q"]) == 1  # model/ exists: not overwritten
+    assert main(["unpack", str(tmp_path / "model.wpk"), "-q", "-f"]) == 0
+    assert (src / "model.safetensors").read_bytes() == (minilm_dirs["F16"] / "model.safetensors").read_bytes()
