@@ -9,7 +9,7 @@ smaller than storing the plane raw, a single symbol when the plane is constant.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
@@ -69,55 +69,51 @@ def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[by
     return PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""), [data[s].tobytes() for s in slices]
 
 
-def check_chunks(plane: PlaneRecord, read: Callable[[int, int], np.ndarray], pool: Executor,
-                 where: str) -> list[np.ndarray]:
-    """Read every chunk of a plane and verify its CRC32; IntegrityError naming ``where`` on mismatch."""
-    def one(chunk):
-        data = read(chunk.offset, chunk.size)
-        if zlib.crc32(data) != chunk.crc32:
-            raise IntegrityError(f"{where}: checksum mismatch in chunk at offset {chunk.offset}")
-        return data
-    return list(pool.map(one, plane.chunks))
+class PlaneDecoder:
+    """Decodes one plane chunk by chunk, so that memory stays bounded whatever size a plane claims.
 
+    Everything about the plane is validated here, before any chunk reaches the rANS kernel: the
+    table, the constant, and (per chunk) the CRC and the stored size the codec implies.
+    """
 
-def decode_plane(plane: PlaneRecord, count: int, payloads: Iterable[np.ndarray], pool: Executor,
-                 where: str) -> np.ndarray:
-    """Rebuild a plane of ``count`` symbols from its checked chunk payloads."""
-    dtype = np.dtype(np.uint8 if plane.bits <= 8 else np.uint16)
-    payloads = list(payloads)
-    if plane.codec == CODEC_CONST:
-        value = int.from_bytes(plane.params, "little") if len(plane.params) == 2 else -1
-        if not 0 <= value < 1 << plane.bits:
-            raise FormatError(f"{where}: invalid constant plane")
-        return np.full(count, value, dtype)
-    out = np.empty(count, dtype)
-    slices = _chunks(count, plane.chunk_symbols)
-    if plane.codec == CODEC_RAW:
-        for s, data in zip(slices, payloads):
-            if len(data) != (s.stop - s.start) * dtype.itemsize:
-                raise FormatError(f"{where}: raw chunk has the wrong size")
-            out[s] = np.frombuffer(data, dtype.newbyteorder("<"))
-        if plane.bits < 8 * dtype.itemsize and out.size and int(out.max()) >> plane.bits:
-            raise FormatError(f"{where}: raw symbols exceed the plane width")
-        return out
-    if plane.codec == CODEC_ZSTD:
-        def unzstd(job):
-            s, data = job
+    def __init__(self, plane: PlaneRecord, where: str) -> None:
+        self.plane, self.where = plane, where
+        self.dtype = np.dtype(np.uint8 if plane.bits <= 8 else np.uint16)
+        if plane.codec == CODEC_CONST:
+            value = int.from_bytes(plane.params, "little") if len(plane.params) == 2 else -1
+            if not 0 <= value < 1 << plane.bits:
+                raise FormatError(f"{where}: invalid constant plane")
+            self.value = value
+        elif plane.codec == CODEC_RANS:
+            self.table = FrequencyTable.from_bytes(plane.params, plane.bits)
+            self.slot_symbol, self.slot_info = self.table.decoder_tables(self.dtype)
+        elif plane.params:
+            raise FormatError(f"{where}: unexpected codec parameters")
+
+    def chunk(self, k: int, n: int, read: Callable[[int, int], np.ndarray]) -> np.ndarray:
+        """Symbols ``k * chunk_symbols`` to that plus ``n`` of the plane; reads and checks chunk ``k``."""
+        if self.plane.codec == CODEC_CONST:
+            return np.full(n, self.value, self.dtype)
+        info = self.plane.chunks[k]
+        data = read(info.offset, info.size)
+        if zlib.crc32(data) != info.crc32:
+            raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
+        if self.plane.codec == CODEC_RAW:
+            if info.size != n * self.dtype.itemsize:
+                raise FormatError(f"{self.where}: raw chunk has the wrong size")
+            out = data.view(self.dtype.newbyteorder("<")).astype(self.dtype, copy=False)
+            if self.plane.bits < 8 * self.dtype.itemsize and n and int(out.max()) >> self.plane.bits:
+                raise FormatError(f"{self.where}: raw symbols exceed the plane width")
+            return out
+        if self.plane.codec == CODEC_ZSTD:
             try:
-                raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=s.stop - s.start)
+                raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=n)
             except zstandard.ZstdError as exc:
-                raise FormatError(f"{where}: zstd chunk is corrupt ({exc})") from None
-            if len(raw) != s.stop - s.start:
-                raise FormatError(f"{where}: zstd chunk has the wrong size")
-            out[s] = np.frombuffer(raw, np.uint8)
-        list(pool.map(unzstd, zip(slices, payloads)))
+                raise FormatError(f"{self.where}: zstd chunk is corrupt ({exc})") from None
+            if len(raw) != n:
+                raise FormatError(f"{self.where}: zstd chunk has the wrong size")
+            return np.frombuffer(raw, np.uint8)
+        out = np.empty(n, self.dtype)
+        if not rans.decode(data, self.table.precision, self.slot_symbol, self.slot_info, out):
+            raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
         return out
-    table = FrequencyTable.from_bytes(plane.params, plane.bits)
-    slot_symbol, slot_info = table.decoder_tables(dtype)
-
-    def unrans(job):
-        s, data = job
-        if not rans.decode(np.frombuffer(data, np.uint8), table.precision, slot_symbol, slot_info, out[s]):
-            raise IntegrityError(f"{where}: rANS chunk is inconsistent")
-    list(pool.map(unrans, zip(slices, payloads)))
-    return out

@@ -28,6 +28,7 @@ CHUNK = struct.Struct("<QII")  # offset, stored size, crc32
 CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
 CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC_ZSTD: "zstd"}
 KIND_BYTES, KIND_TENSOR = 0, 1
+MAX_CHUNK_SYMBOLS = 1 << 24  # bounds the memory one chunk can ask for
 MAX_INDEX_BYTES = 1 << 30  # a sanity bound on the decompressed index: ~1 GiB is millions of tensors
 INDEX_ZSTD_LEVEL = 19
 
@@ -151,8 +152,8 @@ def _read_plane(cur: _Cursor, count: int, payload_end: int) -> PlaneRecord:
     (n_chunks,) = cur.unpack("I")
     if codec == CODEC_CONST:
         expected = 0
-    elif chunk_symbols == 0:
-        raise FormatError("plane has a chunk size of 0")
+    elif not 1 <= chunk_symbols <= MAX_CHUNK_SYMBOLS:
+        raise FormatError(f"plane has an invalid chunk size {chunk_symbols}")
     else:
         expected = -(-count // chunk_symbols)
     if n_chunks != expected:
@@ -193,6 +194,12 @@ def _read_segment(cur: _Cursor, payload_end: int, remaining: int) -> Segment:
     seg.planes = [_read_plane(cur, seg.count, payload_end) for _ in range(n_planes)]
     if [p.bits for p in seg.planes] != expected:
         raise FormatError(f"segment {seg.name!r} has planes {[p.bits for p in seg.planes]}, expected {expected}")
+    if len({p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST}) > 1:
+        raise FormatError(f"segment {seg.name!r}: its planes are chunked differently")
+    if kind == KIND_BYTES and seg.planes[0].codec not in (CODEC_RAW, CODEC_ZSTD):
+        raise FormatError("verbatim bytes must be stored raw or with zstd")
+    if kind == KIND_TENSOR and any(p.codec == CODEC_ZSTD for p in seg.planes):
+        raise FormatError(f"segment {seg.name!r}: zstd is not a tensor plane codec")
     return seg
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import codec, planes
 from .container import (
+    CODEC_CONST,
     KIND_BYTES,
     KIND_TENSOR,
     PREAMBLE,
@@ -117,23 +119,50 @@ class ArchiveReader:
     def _read(self, offset: int, size: int) -> np.ndarray:
         return _read_exact(self._file.fileno(), offset, size)
 
+    def stripes(self, seg: Segment, pool: Executor) -> Iterator[np.ndarray]:
+        """The original bytes of one segment, one chunk-sized stripe at a time, every checksum verified.
+
+        Stripe ``k`` is chunk ``k`` of every plane, merged. Stripes are decoded in parallel, a bounded
+        window ahead of the consumer, so memory stays bounded by the chunk size, not the tensor size.
+        """
+        where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
+        decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
+        step = next((p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST), codec.CHUNK_SYMBOLS)
+        jobs = [(k, min(step, seg.count - start)) for k, start in enumerate(range(0, seg.count, step))]
+
+        def stripe(job: tuple[int, int]) -> np.ndarray:
+            parts = [d.chunk(job[0], job[1], self._read) for d in decoders]
+            return parts[0] if seg.kind == KIND_BYTES else planes.merge(parts, seg.dtype)
+        yield from _ordered_map(pool, stripe, jobs)
+
     def segment_bytes(self, seg: Segment, pool: Executor) -> np.ndarray:
         """The original bytes of one segment (uint8), every chunk checksum verified."""
-        where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
-        decoded = [codec.decode_plane(p, seg.count, codec.check_chunks(p, self._read, pool, where), pool, where)
-                   for p in seg.planes]
-        if seg.kind == KIND_BYTES:
-            return decoded[0]
-        return planes.merge(decoded, seg.dtype)
+        parts = list(self.stripes(seg, pool))
+        return np.concatenate(parts) if parts else np.empty(0, np.uint8)
 
     def restore(self, out: BinaryIO | None, pool: Executor, progress: Progress = lambda n: None) -> None:
         """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""
         digest = hashlib.sha256()
         for seg in self.index.segments:
-            data = self.segment_bytes(seg, pool)
-            digest.update(data)
-            if out is not None:
-                out.write(data)
-            progress(seg.length)
+            for data in self.stripes(seg, pool):
+                digest.update(data)
+                if out is not None:
+                    out.write(data)
+                progress(data.size)
         if digest.digest() != self.index.original_sha256:
             raise IntegrityError("restored bytes do not match the original sha256")
+
+
+def _ordered_map(pool: Executor, func: Callable, jobs: list, window: int = 8) -> Iterator:
+    """``pool.map`` that keeps at most ``window`` results in flight, yielding them in order."""
+    pending: deque[Future] = deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(func, job))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
