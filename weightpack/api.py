@@ -97,8 +97,13 @@ def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar
 
 
 def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm) -> None:
-    with _about(src), ArchiveReader(src) as reader, open(tmp, "wb") as out:
-        reader.restore(out, pool, bar.update)
+    with _about(src), ArchiveReader(src) as reader:
+        free = shutil.disk_usage(tmp.parent).free
+        if reader.index.original_size > free:
+            raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
+                                  f"{tmp.parent} has {free} free")
+        with open(tmp, "wb") as out:
+            reader.restore(out, pool, bar.update)
 
 
 def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,

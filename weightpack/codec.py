@@ -85,7 +85,10 @@ class PlaneDecoder:
                 raise FormatError(f"{where}: invalid constant plane")
             self.value = value
         elif plane.codec == CODEC_RANS:
-            self.table = FrequencyTable.from_bytes(plane.params, plane.bits)
+            try:
+                self.table = FrequencyTable.from_bytes(plane.params, plane.bits)
+            except FormatError as exc:
+                raise FormatError(f"{where}: {exc}") from None
             self.slot_symbol, self.slot_info = self.table.decoder_tables(self.dtype)
         elif plane.params:
             raise FormatError(f"{where}: unexpected codec parameters")

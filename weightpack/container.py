@@ -29,6 +29,10 @@ CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
 CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC_ZSTD: "zstd"}
 KIND_BYTES, KIND_TENSOR = 0, 1
 MAX_CHUNK_SYMBOLS = 1 << 24  # bounds the memory one chunk can ask for
+# An archive may expand at most this much (beyond 1 GiB): more is refused as a decompression bomb.
+# Real checkpoints expand about 1.5x; only whole files of constant tensors come anywhere near this.
+MAX_EXPANSION = 1 << 16
+ALWAYS_ALLOWED_BYTES = 1 << 30
 MAX_INDEX_BYTES = 1 << 30  # a sanity bound on the decompressed index: ~1 GiB is millions of tensors
 INDEX_ZSTD_LEVEL = 19
 
@@ -232,6 +236,9 @@ def read_index(f: BinaryIO, file_size: int) -> Index:
         raise FormatError("index has the wrong length")
     cur = _Cursor(raw)
     original_size, sha, n_segments = cur.unpack("Q32sI")
+    if original_size > max(ALWAYS_ALLOWED_BYTES, MAX_EXPANSION * file_size):
+        raise FormatError(f"claims an original size of {original_size} bytes from {file_size}: "
+                          "refused as a likely decompression bomb")
     segments, total = [], 0
     for _ in range(n_segments):
         seg = _read_segment(cur, offset, original_size - total)

@@ -1,0 +1,133 @@
+"""Named hostile inputs, each with the refusal it must get. Used by tests/test_hostile.py and by
+tools/hostile_table.py, which prints the table in docs/HOSTILE.md from these same cases."""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+from collections.abc import Callable
+
+from weightpack.container import PREAMBLE, Index
+
+from .fuzzing import parse, rebuild
+
+ArchiveEdit = Callable[[bytes], bytes]
+
+
+def _edit_index(edit: Callable[[Index, bytearray], None]) -> ArchiveEdit:
+    """An archive with its index (and maybe payload) edited, every checksum recomputed to match."""
+    def apply(archive: bytes) -> bytes:
+        payload, index = parse(archive)
+        index = copy.deepcopy(index)
+        data = bytearray(payload)
+        edit(index, data)
+        return rebuild(archive, bytes(data), index)
+    apply.behind_valid_checksums = True
+    return apply
+
+
+def _tensor(index: Index, dtype: str = "BF16"):
+    return next(s for s in index.segments if s.dtype == dtype)
+
+
+def _set_version(a: bytes, version: int) -> bytes:
+    return a[:8] + struct.pack("<H", version) + a[10:]
+
+
+def _rans_chunk(index: Index):
+    return next(p for p in _tensor(index).planes if p.codec == 2).chunks[0]
+
+
+def _set(obj: object, **fields: object) -> None:
+    for k, v in fields.items():
+        setattr(obj, k, v)
+
+
+def _flip_payload(index: Index, data: bytearray) -> None:
+    c = _rans_chunk(index)
+    data[c.offset - PREAMBLE.size + c.size // 2] ^= 0x10
+
+
+def _raw_plane_flip(index: Index, data: bytearray) -> None:
+    c = next(p for p in _tensor(index, "F32").planes if p.codec == 0).chunks[0]
+    data[c.offset - PREAMBLE.size] ^= 0x01  # valid CRC, valid codec: only the sha256 can tell
+
+
+def _overlap(index: Index, data: bytearray) -> None:
+    chunks = [c for s in index.segments for p in s.planes for c in p.chunks]
+    chunks[1].offset = chunks[0].offset
+
+
+def _bad_table(index: Index, data: bytearray) -> None:
+    plane = next(p for p in _tensor(index).planes if p.codec == 2)
+    plane.params = plane.params[:-1] + bytes([plane.params[-1] ^ 1])
+
+
+# (name, how the archive is damaged, a fragment the one-line error must contain)
+ARCHIVE_CASES: list[tuple[str, ArchiveEdit, str]] = [
+    ("empty file", lambda a: b"", "bad magic"),
+    ("random bytes", lambda a: bytes(range(256)) * 4, "bad magic"),
+    ("wrong magic", lambda a: b"PK\x03\x04" + a[4:], "bad magic"),
+    ("unknown version 2", lambda a: _set_version(a, 2), "unsupported format version 2"),
+    ("unknown flag set", lambda a: a[:10] + b"\x01\x00" + a[12:], "unsupported format flags"),
+    ("truncated in the payload", lambda a: a[: len(a) // 2], "footer not found"),
+    ("truncated in the footer", lambda a: a[:-5], "footer not found"),
+    ("trailing garbage", lambda a: a + b"\x00" * 7, "footer not found"),
+    ("index byte flipped", lambda a: a[:-60] + bytes([a[-60] ^ 0xFF]) + a[-59:], "checksum mismatch"),
+    ("footer field flipped", lambda a: a[:-30] + bytes([a[-30] ^ 1]) + a[-29:], "footer checksum mismatch"),
+    ("payload byte flipped", lambda a: a[:40] + bytes([a[40] ^ 1]) + a[41:], "checksum mismatch in chunk"),
+    ("rANS stream garbled behind a valid CRC", _edit_index(_flip_payload), "rANS chunk"),
+    ("raw plane altered behind a valid CRC", _edit_index(_raw_plane_flip), "do not match the original sha256"),
+    ("frequency table not summing to its total", _edit_index(_bad_table), "does not sum to its total"),
+    ("chunks overlapping", _edit_index(_overlap), "overlap or leave unchecked gaps"),
+    ("chunk beyond the payload", _edit_index(lambda i, d: _set(_rans_chunk(i), size=2**32 - 1)),
+     "outside the payload"),
+    ("chunk count lying", _edit_index(lambda i, d: _tensor(i).planes[0].chunks.append(copy.copy(_rans_chunk(i)))),
+     "chunks, expected"),
+    ("huge segment length", _edit_index(lambda i, d: _set(i.segments[0], length=2**63)),
+     "exceed the original file size"),
+    ("original size 2^64-1", _edit_index(lambda i, d: _set(i, original_size=2**64 - 1)), "original size"),
+    ("shape product overflowing 64 bits", _edit_index(lambda i, d: _set(_tensor(i), shape=(2**40, 2**40))),
+     "does not match its length"),
+    ("unknown dtype", _edit_index(lambda i, d: _set(_tensor(i), dtype="Q7")), "unsupported dtype"),
+    ("unknown codec", _edit_index(lambda i, d: _set(_tensor(i).planes[0], codec=9)), "unknown codec"),
+    ("chunk size 0", _edit_index(lambda i, d: _set(_tensor(i).planes[0], chunk_symbols=0)), "invalid chunk size"),
+    ("plane widths not the dtype's", _edit_index(lambda i, d: _set(_tensor(i).planes[0], bits=7)), "expected"),
+    ("segment missing", _edit_index(lambda i, d: i.segments.pop()), "does not describe the whole"),
+    ("constant out of range", _edit_index(lambda i, d: _set(
+        next(p for s in i.segments for p in s.planes if p.codec == 1), params=b"\xff\xff")), "invalid constant"),
+]
+
+
+def _safetensors(header: object, data: bytes = b"", raw_header: bytes | None = None) -> bytes:
+    text = raw_header if raw_header is not None else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def _t(dtype: str = "F32", shape: list | None = None, offsets: list | None = None) -> dict:
+    return {"dtype": dtype, "shape": [2] if shape is None else shape,
+            "data_offsets": [0, 8] if offsets is None else offsets}
+
+
+# (name, file contents, a fragment the one-line error must contain)
+SAFETENSORS_CASES: list[tuple[str, bytes, str]] = [
+    ("empty file", b"", "shorter than its 8-byte header length"),
+    ("header length beyond the file", struct.pack("<Q", 10**6) + b"{}", "exceeds the file"),
+    ("header length 2^64-1", b"\xff" * 8 + b"{}", "exceeds the file"),
+    ("invalid JSON", _safetensors(None, raw_header=b"{not json"), "not valid JSON"),
+    ("header not UTF-8", _safetensors(None, raw_header=b'{"\xff": 1}'), "not valid JSON"),
+    ("header not an object", _safetensors([1, 2]), "not an object"),
+    ("duplicate tensor names", _safetensors(None, b"\x00" * 8,
+                                            raw_header=b'{"a":' + json.dumps(_t()).encode() + b',"a":'
+                                            + json.dumps(_t()).encode() + b"}"), "duplicate keys"),
+    ("unknown dtype", _safetensors({"w": _t("F7")}, b"\x00" * 8), "unsupported dtype"),
+    ("offsets outside the data", _safetensors({"w": _t(offsets=[0, 800])}, b"\x00" * 8), "outside the data area"),
+    ("offsets reversed", _safetensors({"w": _t(offsets=[8, 0])}, b"\x00" * 8), "outside the data area"),
+    ("shape and size disagree", _safetensors({"w": _t(shape=[3])}, b"\x00" * 8), "do not match"),
+    ("negative dimension", _safetensors({"w": _t(shape=[-2])}, b"\x00" * 8), "non-negative"),
+    ("shape product overflowing", _safetensors({"w": _t(shape=[2**40, 2**40])}, b"\x00" * 8), "do not match"),
+    ("tensors overlapping", _safetensors({"a": _t(), "b": _t(offsets=[4, 12])}, b"\x00" * 12), "overlap"),
+    ("metadata not strings", _safetensors({"__metadata__": {"k": 1}}), "__metadata__"),
+    ("data truncated", _safetensors({"w": _t(offsets=[0, 8])}, b"\x00" * 3), "outside the data area"),
+]
