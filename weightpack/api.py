@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import manifest
 from .atomic import atomic_output, check_free
 from .container import CODEC_NAMES, KIND_TENSOR
 from .errors import WeightpackError
@@ -87,17 +88,22 @@ def _sha256(path: Path) -> bytes:
         return hashlib.file_digest(f, "sha256").digest()
 
 
-def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm) -> None:
+def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm) -> manifest.Entry:
     with _about(src):
         with open(tmp, "wb") as out:
-            pack_stream(src, out, pool, bar.update)
+            index = pack_stream(src, out, pool, bar.update)
         if verify:
             with ArchiveReader(tmp) as reader:
                 reader.restore(None, pool)
+    return manifest.Entry(src.name, index.original_size, index.original_sha256.hex())
 
 
-def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm) -> None:
+def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm,
+                 expected: manifest.Entry | None = None) -> None:
     with _about(src), ArchiveReader(src) as reader:
+        if expected is not None and (expected.original_sha256 != reader.index.original_sha256.hex()
+                                     or expected.original_size != reader.index.original_size):
+            raise WeightpackError(f"does not match the sha256/size that {manifest.MANIFEST} records for it")
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
@@ -125,8 +131,9 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
             return dst
         files = _files(src)
         for f in files:
-            if f.suffix == WPK:
-                raise WeightpackError(f"{f}: the folder already holds .wpk files; is it packed already?")
+            if f.suffix == WPK or f.relative_to(src) == Path(manifest.MANIFEST):
+                raise WeightpackError(f"{f}: the folder holds weightpack files already; is it packed?")
+        entries = {}
         with _bar(sum(f.stat().st_size for f in files), progress, "pack") as bar, \
                 atomic_output(dst, overwrite, directory=True) as tmp:
             for f in files:
@@ -134,11 +141,14 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
                 if f.suffix == SAFETENSORS:
                     out = tmp / rel.with_suffix(WPK)
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    _pack_file(f, out, pool, verify, bar)
+                    entry = _pack_file(f, out, pool, verify, bar)
+                    entries[rel.with_suffix(WPK).as_posix()] = manifest.Entry(rel.as_posix(), entry.original_size,
+                                                                               entry.original_sha256)
                 else:
                     with _about(f):
                         _copy_verified(f, tmp / rel)
                     bar.update(f.stat().st_size)
+            (tmp / manifest.MANIFEST).write_bytes(manifest.dumps(entries))
     return dst
 
 
@@ -159,19 +169,27 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                 _unpack_file(src, tmp, pool, bar)
             return dst
         files = _files(src)
+        entries = manifest.read(src)
+        archives = {f.relative_to(src).as_posix() for f in files if f.suffix == WPK}
+        if entries is not None and set(entries) != archives:
+            raise WeightpackError(f"{src / manifest.MANIFEST}: lists {sorted(entries)} but the folder holds "
+                                  f"{sorted(archives)}")
         names = {f.relative_to(src) for f in files}
         with _bar(0, progress, "unpack") as bar, atomic_output(dst, overwrite, directory=True) as tmp:
             for f in files:
                 rel = f.relative_to(src)
-                if f.suffix == WPK:
-                    if rel.with_suffix(SAFETENSORS) in names:
-                        raise WeightpackError(f"{f}: both it and {rel.with_suffix(SAFETENSORS)} exist")
-                    out = tmp / rel.with_suffix(SAFETENSORS)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    _unpack_file(f, out, pool, bar)
-                else:
+                if rel == Path(manifest.MANIFEST) and entries is not None:
+                    continue
+                if f.suffix != WPK:
                     with _about(f):
                         _copy_verified(f, tmp / rel)
+                    continue
+                entry = entries[rel.as_posix()] if entries is not None else None
+                original = Path(entry.original) if entry else rel.with_suffix(SAFETENSORS)
+                if original in names:
+                    raise WeightpackError(f"{f}: both it and {original} exist")
+                (tmp / original).parent.mkdir(parents=True, exist_ok=True)
+                _unpack_file(f, tmp / original, pool, bar, entry)
     return dst
 
 

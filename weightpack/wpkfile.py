@@ -119,26 +119,36 @@ class ArchiveReader:
     def _read(self, offset: int, size: int) -> np.ndarray:
         return _read_exact(self._file.fileno(), offset, size)
 
-    def stripes(self, seg: Segment, pool: Executor) -> Iterator[np.ndarray]:
+    def stripes(self, seg: Segment, pool: Executor, first: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
         """The original bytes of one segment, one chunk-sized stripe at a time, every checksum verified.
 
-        Stripe ``k`` is chunk ``k`` of every plane, merged. Stripes are decoded in parallel, a bounded
-        window ahead of the consumer, so memory stays bounded by the chunk size, not the tensor size.
+        Stripe ``k`` is chunk ``k`` of every plane, merged; only the stripes holding elements
+        ``first`` to ``end`` are decoded. Stripes are decoded in parallel, a bounded window ahead of
+        the consumer, so memory stays bounded by the chunk size, not by the tensor size.
         """
         where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
-        step = next((p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST), codec.CHUNK_SYMBOLS)
-        jobs = [(k, min(step, seg.count - start)) for k, start in enumerate(range(0, seg.count, step))]
+        step = self.stripe_elements(seg)
+        end = seg.count if end is None else end
+        jobs = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
 
         def stripe(job: tuple[int, int]) -> np.ndarray:
             parts = [d.chunk(job[0], job[1], self._read) for d in decoders]
             return parts[0] if seg.kind == KIND_BYTES else planes.merge(parts, seg.dtype)
         yield from _ordered_map(pool, stripe, jobs)
 
-    def segment_bytes(self, seg: Segment, pool: Executor) -> np.ndarray:
-        """The original bytes of one segment (uint8), every chunk checksum verified."""
-        parts = list(self.stripes(seg, pool))
-        return np.concatenate(parts) if parts else np.empty(0, np.uint8)
+    @staticmethod
+    def stripe_elements(seg: Segment) -> int:
+        return next((p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST), codec.CHUNK_SYMBOLS)
+
+    def segment_bytes(self, seg: Segment, pool: Executor, first: int = 0, end: int | None = None) -> np.ndarray:
+        """The original bytes of elements ``first`` to ``end`` of one segment (uint8), checksums verified."""
+        end = seg.count if end is None else end
+        parts = list(self.stripes(seg, pool, first, end))
+        data = np.concatenate(parts) if parts else np.empty(0, np.uint8)
+        size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+        skip = first % self.stripe_elements(seg) * size
+        return data[skip:skip + (end - first) * size]
 
     def restore(self, out: BinaryIO | None, pool: Executor, progress: Progress = lambda n: None) -> None:
         """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""

@@ -1,0 +1,157 @@
+"""Load tensors straight from a .wpk, mirroring ``safetensors.safe_open`` and ``load_file``.
+
+Only the tensors (and, for ``get_slice``, only the chunks) asked for are decoded. Frameworks:
+
+- ``"pt"``: torch tensors of the matching dtype (BF16 is ``torch.bfloat16``); torch is imported only here.
+- ``"np"``: numpy arrays. numpy has no bfloat16 or float8, so those come back as their raw bit
+  patterns: BF16 as ``uint16``, F8_E4M3 / F8_E5M2 / F8_E8M0 as ``uint8`` (lossless; for BF16,
+  ``(a.astype(np.uint32) << 16).view(np.float32)`` gives the exact float32 values).
+
+Each chunk's CRC32 is checked as it is decoded. A full ``load_file`` also checks the sha256 of the
+whole original file only when every tensor is read through ``weightpack.verify``; use that for audits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .container import KIND_BYTES, KIND_TENSOR, Segment
+from .errors import FormatError, WeightpackError
+from .safetensors_layout import parse_header
+from .wpkfile import ArchiveReader
+
+NUMPY_DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32,
+    "I32": np.int32, "U64": np.uint64, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+    "BF16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
+}
+TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32", "I32": "int32",
+    "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def _as_framework(data: np.ndarray, dtype: str, shape: tuple[int, ...], framework: str):
+    array = data.view(np.dtype(NUMPY_DTYPES[dtype]).newbyteorder("<")).reshape(shape)
+    if framework == "np":
+        return array
+    import torch
+
+    raw = torch.from_numpy(data.copy()) if data.size else torch.empty(0, dtype=torch.uint8)
+    return raw.view(getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
+
+
+class TensorSlice:
+    """Lazy view of one tensor: ``shape``/``dtype`` without decoding, ``[a:b]`` decodes only those rows."""
+
+    def __init__(self, file: safe_open, seg: Segment) -> None:
+        self._file, self._seg = file, seg
+
+    def get_shape(self) -> list[int]:
+        return list(self._seg.shape)
+
+    def get_dtype(self) -> str:
+        return self._seg.dtype
+
+    def __getitem__(self, key: object):
+        """Rows picked by an int or a slice on the first dimension (any further indices applied after)."""
+        seg = self._seg
+        lead, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if not seg.shape or not isinstance(lead, (int, slice)):
+            raise WeightpackError(f"{self._file.path}: tensor {seg.name!r}: get_slice supports an int or a "
+                                  "slice on the first dimension")
+        try:
+            picked = range(seg.shape[0])[lead]
+        except IndexError:
+            raise WeightpackError(f"{self._file.path}: tensor {seg.name!r}: row {lead} out of range") from None
+        rows = [picked] if isinstance(lead, int) else list(picked)
+        lo, hi = (min(rows), max(rows) + 1) if rows else (0, 0)
+        row = int(np.prod(seg.shape[1:], dtype=np.int64))
+        data = self._file._reader.segment_bytes(seg, self._file._pool, lo * row, hi * row)
+        block = _as_framework(data, seg.dtype, (hi - lo, *seg.shape[1:]), self._file.framework)
+        if isinstance(lead, int):
+            return block[0][rest] if rest else block[0]
+        if picked.step != 1:
+            block = block[np.asarray(rows, dtype=np.int64) - lo]
+        return block[(slice(None), *rest)] if rest else block
+
+
+class safe_open:
+    """Open a .wpk for reading tensors by name, like ``safetensors.safe_open(path, framework)``."""
+
+    def __init__(self, path: str | os.PathLike, framework: str = "np", device: str = "cpu",
+                 threads: int | None = None) -> None:
+        if framework not in ("np", "numpy", "pt", "torch"):
+            raise WeightpackError(f"unsupported framework {framework!r} (use 'np' or 'pt')")
+        if device != "cpu":
+            raise WeightpackError("weightpack decodes on the CPU; move tensors with .to(device) afterwards")
+        self.path = Path(path)
+        self.framework = "pt" if framework in ("pt", "torch") else "np"
+        try:
+            self._reader = ArchiveReader(self.path)
+        except FormatError as exc:
+            raise type(exc)(f"{self.path}: {exc}") from None
+        self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+        self._tensors = {s.name: s for s in self._reader.index.segments if s.kind == KIND_TENSOR}
+        self._metadata: dict[str, str] | None = None
+        self._header_read = False
+
+    def __enter__(self) -> safe_open:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self._reader.close()
+
+    def keys(self) -> list[str]:
+        return sorted(self._tensors)
+
+    def metadata(self) -> dict[str, str] | None:
+        """The ``__metadata__`` of the original header (decodes only the header bytes)."""
+        if not self._header_read:
+            header = self._reader.index.segments[0]
+            if header.kind != KIND_BYTES:
+                raise FormatError(f"{self.path}: archive does not start with a safetensors header")
+            data = self._reader.segment_bytes(header, self._pool).tobytes()
+            self._metadata = parse_header(data, self._reader.index.original_size).metadata
+            self._header_read = True
+        return self._metadata
+
+    def _segment(self, name: str) -> Segment:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise WeightpackError(f"{self.path}: no tensor named {name!r}") from None
+
+    def get_tensor(self, name: str):
+        seg = self._segment(name)
+        return _as_framework(self._reader.segment_bytes(seg, self._pool), seg.dtype, seg.shape, self.framework)
+
+    def get_slice(self, name: str) -> TensorSlice:
+        return TensorSlice(self, self._segment(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+
+def load_file(path: str | os.PathLike, framework: str = "np", threads: int | None = None) -> dict:
+    """Every tensor of a .wpk as ``{name: tensor}``, like ``safetensors.{numpy,torch}.load_file``."""
+    with safe_open(path, framework, threads=threads) as f:
+        return {name: f.get_tensor(name) for name in f}
+
+
+def load_folder(path: str | os.PathLike, framework: str = "pt", threads: int | None = None) -> dict:
+    """One state dict from every .wpk of a packed model folder (all shards), without writing files."""
+    state: dict = {}
+    for wpk in sorted(Path(path).rglob("*.wpk")):
+        state.update(load_file(wpk, framework, threads))
+    return state
