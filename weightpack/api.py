@@ -76,7 +76,7 @@ def _bar(total: int, enabled: bool, desc: str) -> tqdm:
                 leave=False)
 
 
-def _copy_verified(src: Path, dst: Path) -> None:
+def copy_verified(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     if _sha256(src) != _sha256(dst):
@@ -146,7 +146,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
                                                                                entry.original_sha256)
                 else:
                     with _about(f):
-                        _copy_verified(f, tmp / rel)
+                        copy_verified(f, tmp / rel)
                     bar.update(f.stat().st_size)
             (tmp / manifest.MANIFEST).write_bytes(manifest.dumps(entries))
     return dst
@@ -182,7 +182,7 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                     continue
                 if f.suffix != WPK:
                     with _about(f):
-                        _copy_verified(f, tmp / rel)
+                        copy_verified(f, tmp / rel)
                     continue
                 entry = entries[rel.as_posix()] if entries is not None else None
                 original = Path(entry.original) if entry else rel.with_suffix(SAFETENSORS)

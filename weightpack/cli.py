@@ -73,6 +73,26 @@ def _info(args: argparse.Namespace) -> dict:
     return report
 
 
+def _push(args: argparse.Namespace) -> dict:
+    from . import hub
+
+    commit = hub.push(args.src, args.repo_id, revision=args.revision, private=args.private, token=args.token,
+                      commit_message=args.commit_message, threads=args.threads, progress=args.progress)
+    if not args.quiet and not args.json:
+        print(f"pushed {args.src} to {args.repo_id} (commit {commit})")
+    return {"source": str(args.src), "repo_id": args.repo_id, "commit": commit}
+
+
+def _pull(args: argparse.Namespace) -> dict:
+    from . import hub
+
+    dst = hub.pull(args.repo_id, args.output, revision=args.revision, token=args.token, overwrite=args.force,
+                   threads=args.threads, progress=args.progress)
+    if not args.quiet and not args.json:
+        print(f"pulled {args.repo_id} -> {dst}")
+    return {"repo_id": args.repo_id, "destination": str(dst)}
+
+
 def _demo(args: argparse.Namespace) -> dict:
     from .demo import run_demo
 
@@ -107,6 +127,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
     p = command("info", _info, "show per tensor and plane: codec, bits achieved, order-0 bound")
     p.add_argument("src", type=Path, help="X.wpk")
+    p = command("push", _push, "pack a model folder (unless packed) and upload it to the Hugging Face Hub")
+    p.add_argument("src", type=Path, help="a model folder, packed or not")
+    p.add_argument("repo_id", help="user/name of the model repo (created if needed)")
+    p.add_argument("--revision", help="branch to commit to (created if needed; default main)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    p.add_argument("--commit-message", help="commit message")
+    p = command("pull", _pull, "download a repo from the Hub and restore its original files")
+    p.add_argument("repo_id", help="user/name of the model repo")
+    p.add_argument("-o", "--output", type=Path, help="destination folder (default: the repo's name)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
+    p.add_argument("--revision", help="branch, tag or commit (default main)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
     command("demo", _demo, "pack and unpack the real all-MiniLM-L6-v2 in F32, BF16 and F16")
     return parser
 

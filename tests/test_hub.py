@@ -1,0 +1,122 @@
+"""The Hub hook, with the real huggingface_hub client against a Hub-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+import weightpack
+from weightpack import hub as wh
+from weightpack.errors import WeightpackError
+
+from .conftest import sha256_tree
+from .hub_server import FakeHub
+
+TOKEN = "hf_weightpack_test"
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    with FakeHub() as server:
+        yield server
+    assert server.unknown == [], f"the client called endpoints the test server lacks: {server.unknown}"
+
+
+def _pull(hub: FakeHub, tmp_path: Path, repo: str, dst: str = "pulled", **kw) -> Path:
+    return wh.pull(repo, tmp_path / dst, token=TOKEN, endpoint=hub.url, cache_dir=tmp_path / "cache", **kw)
+
+
+def test_push_then_pull_restores_the_model_byte_for_byte(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    src = minilm_dirs["BF16"]
+    wh.push(src, "alice/minilm", token=TOKEN, endpoint=hub.url)
+    stored = hub.repos["alice/minilm"].commits[hub.repos["alice/minilm"].branches["main"]]
+    assert "model.wpk" in stored and "model.safetensors" not in stored
+    assert len(stored["model.wpk"]) < 0.67 * (src / "model.safetensors").stat().st_size
+    assert json.loads(stored["weightpack.json"])["files"]["model.wpk"]["original"] == "model.safetensors"
+    pulled = _pull(hub, tmp_path, "alice/minilm")
+    assert sha256_tree(pulled) == sha256_tree(src)
+
+
+def test_pull_of_a_repo_that_is_not_packed_just_downloads_it(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("bob/plain")
+    api.upload_folder(repo_id="bob/plain", folder_path=minilm_dirs["F16"])
+    pulled = _pull(hub, tmp_path, "bob/plain")
+    assert sha256_tree(pulled) == sha256_tree(minilm_dirs["F16"])
+    assert not any(p.is_symlink() for p in pulled.rglob("*")), "pull must give real files, not cache links"
+
+
+def test_revisions_are_pinned(hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    first = wh.push(minilm_dirs["BF16"], "alice/versions", token=TOKEN, endpoint=hub.url)
+    wh.push(minilm_dirs["F16"], "alice/versions", token=TOKEN, endpoint=hub.url, commit_message="F16 now")
+    wh.push(minilm_dirs["F32"], "alice/versions", token=TOKEN, endpoint=hub.url, revision="f32-branch")
+    assert sha256_tree(_pull(hub, tmp_path, "alice/versions", "v1", revision=first)) == \
+        sha256_tree(minilm_dirs["BF16"])
+    assert sha256_tree(_pull(hub, tmp_path, "alice/versions", "main")) == sha256_tree(minilm_dirs["F16"])
+    assert sha256_tree(_pull(hub, tmp_path, "alice/versions", "branch", revision="f32-branch")) == \
+        sha256_tree(minilm_dirs["F32"])
+
+
+def test_a_download_cut_off_mid_file_leaves_nothing_and_says_so(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    wh.push(minilm_dirs["F16"], "alice/flaky", token=TOKEN, endpoint=hub.url)
+    hub.cut_off.add("model.wpk")
+    with pytest.raises(WeightpackError, match="alice/flaky") as err:
+        _pull(hub, tmp_path, "alice/flaky")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "pulled").exists()
+    hub.cut_off.clear()  # the connection is back: the same call now succeeds from a clean state
+    assert sha256_tree(_pull(hub, tmp_path, "alice/flaky")) == sha256_tree(minilm_dirs["F16"])
+
+
+def test_missing_repo_and_missing_revision_are_clear_errors(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    with pytest.raises(WeightpackError, match="nobody/nothing: repository not found"):
+        _pull(hub, tmp_path, "nobody/nothing")
+    wh.push(minilm_dirs["F16"], "alice/one", token=TOKEN, endpoint=hub.url)
+    with pytest.raises(WeightpackError, match="alice/one: revision not found"):
+        _pull(hub, tmp_path, "alice/one", revision="no-such-branch")
+    assert not (tmp_path / "pulled").exists()
+
+
+def _cli(hub: FakeHub, tmp_path: Path, *args: str, offline: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_XET="1",
+               HF_TOKEN=TOKEN, HF_HUB_OFFLINE="1" if offline else "0")
+    return subprocess.run([sys.executable, "-m", "weightpack", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_push_and_pull_and_offline_mode(hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    packed = weightpack.pack(minilm_dirs["BF16"], tmp_path / "packed")  # an already packed folder is pushed as is
+    result = _cli(hub, tmp_path, "push", str(packed), "carol/cli", "--commit-message", "from the CLI", "-q")
+    assert result.returncode == 0, result.stderr
+    result = _cli(hub, tmp_path, "pull", "carol/cli", "-o", str(tmp_path / "out"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["destination"] == str(tmp_path / "out")
+    assert sha256_tree(tmp_path / "out") == sha256_tree(minilm_dirs["BF16"])
+    hub.server.shutdown()  # the Hub is gone: offline mode serves the cached snapshot
+    result = _cli(hub, tmp_path, "pull", "carol/cli", "-o", str(tmp_path / "offline"), offline=True)
+    assert result.returncode == 0, result.stderr
+    assert sha256_tree(tmp_path / "offline") == sha256_tree(minilm_dirs["BF16"])
+    result = _cli(hub, tmp_path, "pull", "carol/never-pulled", "-o", str(tmp_path / "x"), offline=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "carol/never-pulled" in result.stderr
+
+
+def test_pulled_folder_loads_in_transformers(hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    wh.push(minilm_dirs["F32"], "alice/tf", token=TOKEN, endpoint=hub.url)
+    pulled = _pull(hub, tmp_path, "alice/tf")
+    model = transformers.AutoModel.from_pretrained(pulled)
+    reference = transformers.AutoModel.from_pretrained(minilm_dirs["F32"])
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, reference(ids).last_hidden_state)
