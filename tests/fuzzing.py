@@ -21,7 +21,8 @@ from weightpack.safetensors_layout import write
 
 
 def small_checkpoint(path: Path) -> Path:
-    """A small real checkpoint: a few MiniLM tensors in BF16 and F32, plus an I64 one (every codec)."""
+    """A small real checkpoint: a few MiniLM tensors in BF16 and F32, an I64 one, a constant one and a
+    duplicate (every codec, and a reference)."""
     tensors = minilm.load(minilm.model_dir() / minilm.CHECKPOINT)
     picked = {}
     for name, tensor in tensors.items():
@@ -29,6 +30,7 @@ def small_checkpoint(path: Path) -> Path:
             picked[name] = tensor
     picked = {n: (minilm.convert(t, "BF16") if "dense.weight" in n else t) for n, t in picked.items()}
     picked["zeros"] = ("F16", (64, 3), bytes(64 * 3 * 2))
+    picked["tied"] = picked["encoder.layer.0.attention.output.dense.bias"]  # stored as a copy: a reference
     write(path, picked, {"format": "pt"})
     return path
 

@@ -31,6 +31,10 @@ def _tensor(index: Index, dtype: str = "BF16"):
     return next(s for s in index.segments if s.dtype == dtype)
 
 
+def _copy(index: Index):
+    return next(s for s in index.segments if s.name == "tied")
+
+
 def _set_version(a: bytes, version: int) -> bytes:
     return a[:8] + struct.pack("<H", version) + a[10:]
 
@@ -95,6 +99,12 @@ ARCHIVE_CASES: list[tuple[str, ArchiveEdit, str]] = [
     ("chunk size 0", _edit_index(lambda i, d: _set(_tensor(i).planes[0], chunk_symbols=0)), "invalid chunk size"),
     ("plane widths not the dtype's", _edit_index(lambda i, d: _set(_tensor(i).planes[0], bits=7)), "expected"),
     ("segment missing", _edit_index(lambda i, d: i.segments.pop()), "does not describe the whole"),
+    ("copy of a tensor that does not exist", _edit_index(lambda i, d: _set(_copy(i), ref_name="nope")),
+     "which is missing or differs"),
+    ("copy of itself (a reference loop)", _edit_index(lambda i, d: _set(_copy(i), ref_name="tied")),
+     "itself a reference"),
+    ("reference to a source the index lacks", _edit_index(lambda i, d: _set(_copy(i), source=7)),
+     "refers to source 7"),
     ("constant out of range", _edit_index(lambda i, d: _set(
         next(p for s in i.segments for p in s.planes if p.codec == 1), params=b"\xff\xff")), "invalid constant"),
 ]

@@ -75,8 +75,8 @@ def test_only_the_rows_asked_for_are_decoded(packed: dict[str, Path]) -> None:
     with weightpack.safe_open(packed["F32"], framework="np") as f:
         reader, decoded = f._reader, []
         original = reader.stripes
-        reader.stripes = lambda seg, pool, first=0, end=None: decoded.append((first, end)) or original(
-            seg, pool, first, end)
+        reader.stripes = lambda seg, first=0, end=None, parallel=True: decoded.append((first, end)) or original(
+            seg, first, end, parallel)
         f.get_slice("embeddings.word_embeddings.weight")[10:12]
     assert decoded == [(10 * 384, 12 * 384)]
 

@@ -32,16 +32,39 @@ from tqdm import tqdm
 
 from . import manifest
 from .atomic import atomic_output, check_free
-from .container import CODEC_NAMES, KIND_TENSOR
+from .container import (
+    CODEC_NAMES,
+    KIND_TENSOR,
+    REF_COPY,
+    REF_NONE,
+    SELF,
+    SOURCE_BASE,
+    TRANSFORM_NAMES,
+    Index,
+    Segment,
+)
 from .errors import WeightpackError
 from .planes import layout
+from .sources import BaseSet, Dedup
 from .wpkfile import ArchiveReader, pack_stream
 
 SAFETENSORS, WPK = ".safetensors", ".wpk"
 
 
-def _pool(threads: int | None) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+@contextmanager
+def _workers(threads: int | None, base: str | os.PathLike | None = None) -> Iterator[tuple[ThreadPoolExecutor,
+                                                                                         BaseSet | None]]:
+    """The thread pool of one operation, and the base checkpoint opened if one is given."""
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        if base is None:
+            yield pool, None
+            return
+        with _about(Path(base)):
+            base_set = BaseSet(Path(base), lambda p: ArchiveReader(p, pool))
+        try:
+            yield pool, base_set
+        finally:
+            base_set.close()
 
 
 @contextmanager
@@ -88,19 +111,20 @@ def _sha256(path: Path) -> bytes:
         return hashlib.file_digest(f, "sha256").digest()
 
 
-def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm) -> manifest.Entry:
+def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm, base: BaseSet | None,
+               dedup: Dedup | None = None, archive: str = "") -> manifest.Entry:
     with _about(src):
         with open(tmp, "wb") as out:
-            index = pack_stream(src, out, pool, bar.update)
+            index = pack_stream(src, out, pool, bar.update, base, dedup, archive)
         if verify:
-            with ArchiveReader(tmp) as reader:
-                reader.restore(None, pool)
+            with ArchiveReader(tmp, pool, base) as reader:
+                reader.restore(None)
     return manifest.Entry(src.name, index.original_size, index.original_sha256.hex())
 
 
-def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm,
+def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm, base: BaseSet | None,
                  expected: manifest.Entry | None = None) -> None:
-    with _about(src), ArchiveReader(src) as reader:
+    with _about(src), ArchiveReader(src, pool, base) as reader:
         if expected is not None and (expected.original_sha256 != reader.index.original_sha256.hex()
                                      or expected.original_size != reader.index.original_size):
             raise WeightpackError(f"does not match the sha256/size that {manifest.MANIFEST} records for it")
@@ -109,31 +133,35 @@ def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm,
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
                                   f"{tmp.parent} has {free} free")
         with open(tmp, "wb") as out:
-            reader.restore(out, pool, bar.update)
+            reader.restore(out, bar.update)
 
 
 def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
-         threads: int | None = None, verify: bool = True, progress: bool = False) -> Path:
+         threads: int | None = None, verify: bool = True, progress: bool = False,
+         base: str | os.PathLike | None = None) -> Path:
     """Pack a safetensors file or a model folder; return the destination.
 
     ``verify`` decodes each new archive and checks its sha256 against the source before publishing it.
-    ``threads`` defaults to every core; ``progress`` shows a tqdm bar on stderr.
+    ``threads`` defaults to every core; ``progress`` shows a tqdm bar on stderr. ``base`` (a file or
+    folder, plain or packed) codes tensors matching a base tensor by name, dtype and shape as a delta
+    to it; unpacking then needs the same base. Tensors identical to one stored earlier (in the same
+    file or another shard of the folder) are stored once.
     """
     src = Path(src)
     if not src.exists():
         raise WeightpackError(f"{src}: no such file or folder")
     dst = Path(dst) if dst is not None else _default_dst(src, SAFETENSORS, WPK, WPK)
     check_free(dst, overwrite)
-    with _pool(threads) as pool:
+    with _workers(threads, base) as (pool, base_set):
         if src.is_file():
             with _bar(src.stat().st_size, progress, "pack") as bar, atomic_output(dst, overwrite) as tmp:
-                _pack_file(src, tmp, pool, verify, bar)
+                _pack_file(src, tmp, pool, verify, bar, base_set, Dedup())
             return dst
         files = _files(src)
         for f in files:
             if f.suffix == WPK or f.relative_to(src) == Path(manifest.MANIFEST):
                 raise WeightpackError(f"{f}: the folder holds weightpack files already; is it packed?")
-        entries = {}
+        entries, dedup = {}, Dedup()
         with _bar(sum(f.stat().st_size for f in files), progress, "pack") as bar, \
                 atomic_output(dst, overwrite, directory=True) as tmp:
             for f in files:
@@ -141,7 +169,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
                 if f.suffix == SAFETENSORS:
                     out = tmp / rel.with_suffix(WPK)
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    entry = _pack_file(f, out, pool, verify, bar)
+                    entry = _pack_file(f, out, pool, verify, bar, base_set, dedup, rel.with_suffix(WPK).as_posix())
                     entries[rel.with_suffix(WPK).as_posix()] = manifest.Entry(rel.as_posix(), entry.original_size,
                                                                                entry.original_sha256)
                 else:
@@ -153,20 +181,21 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
 
 
 def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
-           threads: int | None = None, progress: bool = False) -> Path:
+           threads: int | None = None, progress: bool = False, base: str | os.PathLike | None = None) -> Path:
     """Restore the original file or folder from a .wpk or packed folder; return the destination.
 
     Each restored file's sha256 is checked against the one recorded at packing before it is published.
+    ``base`` is required for archives packed against one, and must be that same base (checked by sha256).
     """
     src = Path(src)
     if not src.exists():
         raise WeightpackError(f"{src}: no such file or folder")
     dst = Path(dst) if dst is not None else _default_dst(src, WPK, SAFETENSORS, ".unpacked")
     check_free(dst, overwrite)
-    with _pool(threads) as pool:
+    with _workers(threads, base) as (pool, base_set):
         if src.is_file():
             with _bar(src.stat().st_size, progress, "unpack") as bar, atomic_output(dst, overwrite) as tmp:
-                _unpack_file(src, tmp, pool, bar)
+                _unpack_file(src, tmp, pool, bar, base_set)
             return dst
         files = _files(src)
         entries = manifest.read(src)
@@ -189,22 +218,33 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                 if original in names:
                     raise WeightpackError(f"{f}: both it and {original} exist")
                 (tmp / original).parent.mkdir(parents=True, exist_ok=True)
-                _unpack_file(f, tmp / original, pool, bar, entry)
+                _unpack_file(f, tmp / original, pool, bar, base_set, entry)
     return dst
 
 
-def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False) -> int:
+def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False,
+           base: str | os.PathLike | None = None) -> int:
     """Fully decode a .wpk (or every .wpk of a folder) and check all checksums; return the files checked."""
     src = Path(src)
     if not src.exists():
         raise WeightpackError(f"{src}: no such file or folder")
     files = [src] if src.is_file() else [f for f in _files(src) if f.suffix == WPK]
-    with _pool(threads) as pool, _bar(sum(f.stat().st_size for f in files), progress, "verify") as bar:
+    with _workers(threads, base) as (pool, base_set), \
+            _bar(sum(f.stat().st_size for f in files), progress, "verify") as bar:
         for f in files:
-            with _about(f), ArchiveReader(f) as reader:
-                reader.restore(None, pool)
+            with _about(f), ArchiveReader(f, pool, base_set) as reader:
+                reader.restore(None)
             bar.update(f.stat().st_size)
     return len(files)
+
+
+def _describe_reference(seg: Segment, index: Index) -> str:
+    if seg.ref == REF_NONE:
+        return ""
+    where = "this file" if seg.source == SELF else index.sources[seg.source].name
+    kind = "copy of" if seg.ref == REF_COPY else "delta to"
+    origin = "base " if seg.source != SELF and index.sources[seg.source].kind == SOURCE_BASE else ""
+    return f"{kind} {origin}{seg.ref_name!r} in {where}"
 
 
 def info(src: str | os.PathLike) -> dict:
@@ -214,7 +254,7 @@ def info(src: str | os.PathLike) -> dict:
     order-0 coder cannot beat. ``bits`` are stored bits per symbol, tables and chunk states included.
     """
     src = Path(src)
-    with _about(src), ArchiveReader(src) as reader:
+    with _about(src), _workers(1) as (pool, _), ArchiveReader(src, pool) as reader:
         index = reader.index
         file_size = src.stat().st_size
     tensors = []
@@ -222,7 +262,8 @@ def info(src: str | os.PathLike) -> dict:
         if seg.kind != KIND_TENSOR:
             continue
         plane_rows = [{
-            "plane": spec.name, "codec": CODEC_NAMES[p.codec],
+            "plane": spec.name, "codec": CODEC_NAMES[p.codec] + (f"({TRANSFORM_NAMES[p.transform]})"
+                                                                 if p.transform else ""),
             "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
             "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
         } for spec, p in zip(layout(seg.dtype), seg.planes)]
@@ -230,6 +271,7 @@ def info(src: str | os.PathLike) -> dict:
             "name": seg.name, "dtype": seg.dtype, "shape": list(seg.shape), "original_bytes": seg.length,
             "packed_bytes": sum(p.stored_bytes for p in seg.planes),
             "bound_bytes": sum(p.bound_bits for p in seg.planes) / 8, "planes": plane_rows,
+            "reference": _describe_reference(seg, index),
         })
     tensor_bytes = sum(t["original_bytes"] for t in tensors)
     return {
@@ -239,4 +281,6 @@ def info(src: str | os.PathLike) -> dict:
         "tensor_packed_bytes": sum(t["packed_bytes"] for t in tensors),
         "tensor_bound_bytes": sum(t["bound_bytes"] for t in tensors),
         "sha256": index.original_sha256.hex(), "tensors": tensors,
+        "references": [{"kind": "base" if s.kind == SOURCE_BASE else "sibling", "name": s.name,
+                        "sha256": s.sha256.hex()} for s in index.sources],
     }

@@ -39,16 +39,17 @@ def _transfer(args: argparse.Namespace, run: Callable[[], Path], verb: str) -> d
 
 def _pack(args: argparse.Namespace) -> dict:
     return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
-                                            verify=not args.no_verify, progress=args.progress), "packed")
+                                            verify=not args.no_verify, progress=args.progress, base=args.base),
+                     "packed")
 
 
 def _unpack(args: argparse.Namespace) -> dict:
     return _transfer(args, lambda: api.unpack(args.src, args.output, overwrite=args.force, threads=args.threads,
-                                              progress=args.progress), "unpacked")
+                                              progress=args.progress, base=args.base), "unpacked")
 
 
 def _verify(args: argparse.Namespace) -> dict:
-    count = api.verify(args.src, threads=args.threads, progress=args.progress)
+    count = api.verify(args.src, threads=args.threads, progress=args.progress, base=args.base)
     if not args.quiet and not args.json:
         print(f"{args.src}: OK ({count} archive{'s' if count != 1 else ''} decoded, every checksum and sha256 match)")
     return {"source": str(args.src), "archives": count, "ok": True}
@@ -62,6 +63,8 @@ def _info(args: argparse.Namespace) -> dict:
     for t in report["tensors"]:
         ratio = t["packed_bytes"] / t["original_bytes"] if t["original_bytes"] else 0.0
         planes = "  ".join(f"{p['plane']}:{p['codec']} {p['bits']:.3f} ({p['bound_bits']:.3f})" for p in t["planes"])
+        if t["reference"]:
+            planes = f"{t['reference']} {planes}"
         shape = "x".join(map(str, t["shape"])) or "scalar"
         print(f"{t['name'][:48]:<48} {t['dtype']:<6} {shape:<14} {100 * ratio:7.2f}%  {planes}")
     tb = max(report["tensor_bytes"], 1)
@@ -118,13 +121,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="destination (default: X.wpk, or FOLDER.wpk/ for a folder)")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
     p.add_argument("--no-verify", action="store_true", help="skip decoding the new archive before publishing it")
+    p.add_argument("--base", type=Path, help="base checkpoint (file or folder, plain or packed): code tensors "
+                                            "matching it by name, dtype and shape as deltas to it")
     p = command("unpack", _unpack, "restore the original files from a .wpk or a packed folder")
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
     p.add_argument("-o", "--output", type=Path,
                    help="destination (default: X.safetensors, or FOLDER/ for FOLDER.wpk/)")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
+    p.add_argument("--base", type=Path, help="the base checkpoint the archive was packed against")
     p = command("verify", _verify, "decode an archive fully and check every checksum; write nothing")
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
+    p.add_argument("--base", type=Path, help="the base checkpoint the archive was packed against")
     p = command("info", _info, "show per tensor and plane: codec, bits achieved, order-0 bound")
     p.add_argument("src", type=Path, help="X.wpk")
     p = command("push", _push, "pack a model folder (unless packed) and upload it to the Hugging Face Hub")

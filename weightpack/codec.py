@@ -16,7 +16,17 @@ import numpy as np
 import zstandard
 
 from . import rans
-from .container import CODEC_CONST, CODEC_RANS, CODEC_RAW, CODEC_ZSTD, PlaneRecord
+from .container import (
+    CODEC_CONST,
+    CODEC_RANS,
+    CODEC_RAW,
+    CODEC_ZSTD,
+    TRANSFORM_NONE,
+    TRANSFORM_SUB,
+    TRANSFORM_XOR,
+    PlaneRecord,
+    unzstd,
+)
 from .entropy import FrequencyTable, entropy_bits, histogram
 from .errors import FormatError, IntegrityError
 
@@ -36,8 +46,42 @@ def _rans_chunk(symbols: np.ndarray, table: np.ndarray) -> bytes:
     return out[start:].tobytes()
 
 
-def encode_plane(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
-    """Code one plane; return its record (chunks without offsets yet) and the chunk payloads in order."""
+def apply_transform(transform: int, symbols: np.ndarray, reference: np.ndarray, bits: int) -> np.ndarray:
+    """The symbols coded for a plane given the same plane of a reference tensor (identity for NONE)."""
+    if transform == TRANSFORM_XOR:
+        return symbols ^ reference
+    if transform == TRANSFORM_SUB:
+        return (symbols - reference) & symbols.dtype.type((1 << bits) - 1)
+    return symbols
+
+
+def invert_transform(transform: int, coded: np.ndarray, reference: np.ndarray, bits: int) -> np.ndarray:
+    if transform == TRANSFORM_XOR:
+        return coded ^ reference
+    if transform == TRANSFORM_SUB:
+        return (coded + reference) & coded.dtype.type((1 << bits) - 1)
+    return coded
+
+
+def encode_plane(symbols: np.ndarray, bits: int, pool: Executor,
+                 reference: np.ndarray | None = None) -> tuple[PlaneRecord, list[bytes]]:
+    """Code one plane; return its record (chunks without offsets yet) and the chunk payloads in order.
+
+    With a ``reference`` (the same plane of a base tensor) the plane is coded as is, XORed with the
+    reference, or as its difference modulo ``2**bits``: whichever has the lowest order-0 entropy.
+    """
+    transform = TRANSFORM_NONE
+    if reference is not None:
+        candidates = {t: apply_transform(t, symbols, reference, bits)
+                      for t in (TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB)}
+        transform = min(candidates, key=lambda t: entropy_bits(histogram(candidates[t], bits)))
+        symbols = candidates[transform]
+    record, payloads = _encode_symbols(symbols, bits, pool)
+    record.transform = transform
+    return record, payloads
+
+
+def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
     counts = histogram(symbols, bits)
     bound = int(np.ceil(entropy_bits(counts)))
     raw_bytes = symbols.size * symbols.itemsize
@@ -93,8 +137,18 @@ class PlaneDecoder:
         elif plane.params:
             raise FormatError(f"{where}: unexpected codec parameters")
 
-    def chunk(self, k: int, n: int, read: Callable[[int, int], np.ndarray]) -> np.ndarray:
-        """Symbols ``k * chunk_symbols`` to that plus ``n`` of the plane; reads and checks chunk ``k``."""
+    def chunk(self, k: int, n: int, read: Callable[[int, int], np.ndarray],
+              reference: np.ndarray | None = None) -> np.ndarray:
+        """Symbols ``k * chunk_symbols`` to that plus ``n`` of the plane; reads and checks chunk ``k``.
+
+        ``reference`` is the same stretch of the reference tensor's plane, for a delta-coded plane.
+        """
+        coded = self._coded(k, n, read)
+        if self.plane.transform == TRANSFORM_NONE:
+            return coded
+        return invert_transform(self.plane.transform, coded, reference, self.plane.bits)
+
+    def _coded(self, k: int, n: int, read: Callable[[int, int], np.ndarray]) -> np.ndarray:
         if self.plane.codec == CODEC_CONST:
             return np.full(n, self.value, self.dtype)
         info = self.plane.chunks[k]
@@ -109,13 +163,7 @@ class PlaneDecoder:
                 raise FormatError(f"{self.where}: raw symbols exceed the plane width")
             return out
         if self.plane.codec == CODEC_ZSTD:
-            try:
-                raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=n)
-            except zstandard.ZstdError as exc:
-                raise FormatError(f"{self.where}: zstd chunk is corrupt ({exc})") from None
-            if len(raw) != n:
-                raise FormatError(f"{self.where}: zstd chunk has the wrong size")
-            return np.frombuffer(raw, np.uint8)
+            return np.frombuffer(unzstd(data, n, f"{self.where}: zstd chunk"), np.uint8)
         out = np.empty(n, self.dtype)
         if not rans.decode(data, self.table.precision, self.slot_symbol, self.slot_info, out):
             raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")

@@ -28,6 +28,11 @@ CHUNK = struct.Struct("<QII")  # offset, stored size, crc32
 CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
 CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC_ZSTD: "zstd"}
 KIND_BYTES, KIND_TENSOR = 0, 1
+REF_NONE, REF_COPY, REF_DELTA = 0, 1, 2  # a tensor stored whole, as a copy of another, or as a delta to it
+TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB = 0, 1, 2  # plane = p, p ^ ref, or p - ref (mod 2**bits)
+TRANSFORM_NAMES = {TRANSFORM_NONE: "", TRANSFORM_XOR: "xor", TRANSFORM_SUB: "sub"}
+SOURCE_BASE, SOURCE_SIBLING = 1, 2  # another checkpoint (--base), or another archive of the same folder
+SELF = 0xFF  # source index meaning "this archive"
 MAX_CHUNK_SYMBOLS = 1 << 24  # bounds the memory one chunk can ask for
 # An archive may expand at most this much (beyond 1 GiB): more is refused as a decompression bomb.
 # Real checkpoints expand about 1.5x; only whole files of constant tensors come anywhere near this.
@@ -54,6 +59,7 @@ class PlaneRecord:
     chunk_symbols: int
     params: bytes
     chunks: list[Chunk] = field(default_factory=list)
+    transform: int = TRANSFORM_NONE  # how the coded symbols relate to the reference tensor's plane
 
     @property
     def stored_bytes(self) -> int:
@@ -70,6 +76,9 @@ class Segment:
     name: str = ""
     dtype: str = ""
     shape: tuple[int, ...] = ()
+    ref: int = REF_NONE
+    source: int = SELF  # index into Index.sources, or SELF
+    ref_name: str = ""  # the tensor this one copies or is a delta to
 
     @property
     def count(self) -> int:
@@ -78,10 +87,20 @@ class Segment:
 
 
 @dataclass
+class Source:
+    """A file other tensors refer to: a base checkpoint, or a sibling archive of the same folder."""
+
+    kind: int
+    name: str  # file name as given at packing (informative) or the sibling's path in the folder
+    sha256: bytes  # of the original (safetensors) bytes of that file
+
+
+@dataclass
 class Index:
     original_size: int
     original_sha256: bytes
     segments: list[Segment]
+    sources: list[Source] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- writing
@@ -92,7 +111,8 @@ def write_preamble(out: BinaryIO) -> None:
 
 
 def _plane_bytes(plane: PlaneRecord) -> bytes:
-    head = struct.pack("<BBQII", plane.codec, plane.bits, plane.bound_bits, plane.chunk_symbols, len(plane.params))
+    head = struct.pack("<BBBQII", plane.codec, plane.transform, plane.bits, plane.bound_bits, plane.chunk_symbols,
+                       len(plane.params))
     chunks = b"".join(CHUNK.pack(c.offset, c.size, c.crc32) for c in plane.chunks)
     return head + plane.params + struct.pack("<I", len(plane.chunks)) + chunks
 
@@ -103,14 +123,21 @@ def _segment_bytes(seg: Segment) -> bytes:
         name, dtype = seg.name.encode(), seg.dtype.encode()
         out += struct.pack("<H", len(name)) + name + struct.pack("<B", len(dtype)) + dtype
         out += struct.pack(f"<B{len(seg.shape)}Q", len(seg.shape), *seg.shape)
+        out += struct.pack("<B", seg.ref)
+        if seg.ref != REF_NONE:
+            ref_name = seg.ref_name.encode()
+            out += struct.pack("<BH", seg.source, len(ref_name)) + ref_name
     out += struct.pack("<B", len(seg.planes))
     return out + b"".join(_plane_bytes(p) for p in seg.planes)
 
 
 def write_index(out: BinaryIO, index: Index, offset: int) -> None:
     """Append the index at ``offset`` (the current end of the payload), then the footer."""
-    raw = struct.pack("<Q32sI", index.original_size, index.original_sha256, len(index.segments))
-    raw += b"".join(_segment_bytes(s) for s in index.segments)
+    raw = struct.pack("<Q32sB", index.original_size, index.original_sha256, len(index.sources))
+    for src in index.sources:
+        name = src.name.encode()
+        raw += struct.pack("<BH", src.kind, len(name)) + name + src.sha256
+    raw += struct.pack("<I", len(index.segments)) + b"".join(_segment_bytes(s) for s in index.segments)
     body = zstandard.ZstdCompressor(level=INDEX_ZSTD_LEVEL, write_checksum=False).compress(raw)
     out.write(body)
     fields = struct.pack("<QQQI", offset, len(body), len(raw), zlib.crc32(body))
@@ -118,6 +145,24 @@ def write_index(out: BinaryIO, index: Index, offset: int) -> None:
 
 
 # ---------------------------------------------------------------- reading
+
+
+def unzstd(data: bytes, size: int, what: str) -> bytes:
+    """Decompress one zstd frame that must hold exactly ``size`` bytes.
+
+    The frame's own content size is checked first: python-zstandard allocates what a frame header
+    claims, so a hostile header could otherwise ask for any amount of memory.
+    """
+    try:
+        claimed = zstandard.frame_content_size(data)
+        if claimed != size:
+            raise FormatError(f"{what} claims {claimed} bytes, expected {size}")
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what} is corrupt ({exc})") from None
+    if len(raw) != size:
+        raise FormatError(f"{what} has the wrong size")
+    return raw
 
 
 class _Cursor:
@@ -149,9 +194,9 @@ def check_preamble(head: bytes) -> None:
 
 
 def _read_plane(cur: _Cursor, count: int, payload_end: int) -> PlaneRecord:
-    codec, bits, bound_bits, chunk_symbols, params_len = cur.unpack("BBQII")
-    if codec not in CODEC_NAMES or not 1 <= bits <= 16:
-        raise FormatError(f"unknown codec {codec} or plane width {bits}")
+    codec, transform, bits, bound_bits, chunk_symbols, params_len = cur.unpack("BBBQII")
+    if codec not in CODEC_NAMES or transform not in TRANSFORM_NAMES or not 1 <= bits <= 16:
+        raise FormatError(f"unknown codec {codec}, transform {transform} or plane width {bits}")
     params = cur.take(params_len)
     (n_chunks,) = cur.unpack("I")
     if codec == CODEC_CONST:
@@ -166,22 +211,24 @@ def _read_plane(cur: _Cursor, count: int, payload_end: int) -> PlaneRecord:
     for c in chunks:
         if c.offset < PREAMBLE.size or c.offset + c.size > payload_end:
             raise FormatError("chunk lies outside the payload")
-    return PlaneRecord(codec, bits, bound_bits, chunk_symbols, params, chunks)
+    return PlaneRecord(codec, bits, bound_bits, chunk_symbols, params, chunks, transform)
 
 
-def _read_segment(cur: _Cursor, payload_end: int, remaining: int) -> Segment:
+def _text(cur: _Cursor, length_fmt: str, encoding: str = "utf-8") -> str:
+    try:
+        return cur.take(cur.unpack(length_fmt)[0]).decode(encoding)
+    except UnicodeDecodeError:
+        raise FormatError("a name in the index is not valid text") from None
+
+
+def _read_segment(cur: _Cursor, payload_end: int, remaining: int, n_sources: int) -> Segment:
     kind, length = cur.unpack("BQ")
     if length > remaining:
         raise FormatError("segment lengths exceed the original file size")
     if kind == KIND_BYTES:
         seg = Segment(kind, length, [])
     elif kind == KIND_TENSOR:
-        (name_len,) = cur.unpack("H")
-        try:
-            name = cur.take(name_len).decode("utf-8")
-            dtype = cur.take(cur.unpack("B")[0]).decode("ascii")
-        except UnicodeDecodeError:
-            raise FormatError("tensor name or dtype is not valid text") from None
+        name, dtype = _text(cur, "H"), _text(cur, "B", "ascii")
         (ndim,) = cur.unpack("B")
         shape = cur.unpack(f"{ndim}Q")
         size = itemsize(dtype)
@@ -191,11 +238,23 @@ def _read_segment(cur: _Cursor, payload_end: int, remaining: int) -> Segment:
         if numel * size != length:
             raise FormatError(f"tensor {name!r}: shape {list(shape)} does not match its length {length}")
         seg = Segment(kind, length, [], name, dtype, tuple(shape))
+        (seg.ref,) = cur.unpack("B")
+        if seg.ref not in (REF_NONE, REF_COPY, REF_DELTA):
+            raise FormatError(f"tensor {name!r}: unknown reference kind {seg.ref}")
+        if seg.ref != REF_NONE:
+            (seg.source,) = cur.unpack("B")
+            seg.ref_name = _text(cur, "H")
+            if seg.source != SELF and seg.source >= n_sources:
+                raise FormatError(f"tensor {name!r}: refers to source {seg.source}, the index has {n_sources}")
     else:
         raise FormatError(f"unknown segment kind {kind}")
     (n_planes,) = cur.unpack("B")
     expected = [p.bits for p in layout(seg.dtype)] if kind == KIND_TENSOR else [8]
+    if seg.ref == REF_COPY:
+        expected = []
     seg.planes = [_read_plane(cur, seg.count, payload_end) for _ in range(n_planes)]
+    if seg.ref != REF_DELTA and any(p.transform != TRANSFORM_NONE for p in seg.planes):
+        raise FormatError(f"segment {seg.name!r}: a plane is a delta but the tensor has no reference")
     if [p.bits for p in seg.planes] != expected:
         raise FormatError(f"segment {seg.name!r} has planes {[p.bits for p in seg.planes]}, expected {expected}")
     if len({p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST}) > 1:
@@ -228,26 +287,29 @@ def read_index(f: BinaryIO, file_size: int) -> Index:
     body = f.read(length)
     if zlib.crc32(body) != index_crc:
         raise IntegrityError("index checksum mismatch")
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=raw_length)
-    except zstandard.ZstdError:
-        raise FormatError("index does not decompress") from None
-    if len(raw) != raw_length:
-        raise FormatError("index has the wrong length")
+    raw = unzstd(body, raw_length, "index")
     cur = _Cursor(raw)
-    original_size, sha, n_segments = cur.unpack("Q32sI")
+    original_size, sha, n_sources = cur.unpack("Q32sB")
+    sources = []
+    for _ in range(n_sources):
+        (kind,) = cur.unpack("B")
+        name = _text(cur, "H")
+        if kind not in (SOURCE_BASE, SOURCE_SIBLING):
+            raise FormatError(f"unknown source kind {kind}")
+        sources.append(Source(kind, name, cur.take(32)))
+    (n_segments,) = cur.unpack("I")
     if original_size > max(ALWAYS_ALLOWED_BYTES, MAX_EXPANSION * file_size):
         raise FormatError(f"claims an original size of {original_size} bytes from {file_size}: "
                           "refused as a likely decompression bomb")
     segments, total = [], 0
     for _ in range(n_segments):
-        seg = _read_segment(cur, offset, original_size - total)
+        seg = _read_segment(cur, offset, original_size - total, n_sources)
         total += seg.length
         segments.append(seg)
     if total != original_size or cur.pos != len(raw):
         raise FormatError("index does not describe the whole original file")
     _check_tiling(segments, offset)
-    return Index(original_size, sha, segments)
+    return Index(original_size, sha, segments, sources)
 
 
 def _check_tiling(segments: list[Segment], payload_end: int) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from .container import KIND_BYTES, KIND_TENSOR, Segment
 from .errors import FormatError, WeightpackError
 from .safetensors_layout import parse_header
+from .sources import BaseSet
 from .wpkfile import ArchiveReader
 
 NUMPY_DTYPES = {
@@ -73,7 +74,7 @@ class TensorSlice:
         rows = [picked] if isinstance(lead, int) else list(picked)
         lo, hi = (min(rows), max(rows) + 1) if rows else (0, 0)
         row = int(np.prod(seg.shape[1:], dtype=np.int64))
-        data = self._file._reader.segment_bytes(seg, self._file._pool, lo * row, hi * row)
+        data = self._file._reader.segment_bytes(seg, lo * row, hi * row)
         block = _as_framework(data, seg.dtype, (hi - lo, *seg.shape[1:]), self._file.framework)
         if isinstance(lead, int):
             return block[0][rest] if rest else block[0]
@@ -86,18 +87,22 @@ class safe_open:
     """Open a .wpk for reading tensors by name, like ``safetensors.safe_open(path, framework)``."""
 
     def __init__(self, path: str | os.PathLike, framework: str = "np", device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, base: str | os.PathLike | None = None) -> None:
         if framework not in ("np", "numpy", "pt", "torch"):
             raise WeightpackError(f"unsupported framework {framework!r} (use 'np' or 'pt')")
         if device != "cpu":
             raise WeightpackError("weightpack decodes on the CPU; move tensors with .to(device) afterwards")
         self.path = Path(path)
         self.framework = "pt" if framework in ("pt", "torch") else "np"
-        try:
-            self._reader = ArchiveReader(self.path)
-        except FormatError as exc:
-            raise type(exc)(f"{self.path}: {exc}") from None
         self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+        self._base = None
+        try:
+            if base is not None:
+                self._base = BaseSet(Path(base), lambda p: ArchiveReader(p, self._pool))
+            self._reader = ArchiveReader(self.path, self._pool, self._base)
+        except WeightpackError as exc:
+            self.close()
+            raise type(exc)(f"{self.path}: {exc}") from None
         self._tensors = {s.name: s for s in self._reader.index.segments if s.kind == KIND_TENSOR}
         self._metadata: dict[str, str] | None = None
         self._header_read = False
@@ -109,8 +114,10 @@ class safe_open:
         self.close()
 
     def close(self) -> None:
+        for resource in (getattr(self, "_reader", None), self._base):
+            if resource is not None:
+                resource.close()
         self._pool.shutdown()
-        self._reader.close()
 
     def keys(self) -> list[str]:
         return sorted(self._tensors)
@@ -121,7 +128,7 @@ class safe_open:
             header = self._reader.index.segments[0]
             if header.kind != KIND_BYTES:
                 raise FormatError(f"{self.path}: archive does not start with a safetensors header")
-            data = self._reader.segment_bytes(header, self._pool).tobytes()
+            data = self._reader.segment_bytes(header).tobytes()
             self._metadata = parse_header(data, self._reader.index.original_size).metadata
             self._header_read = True
         return self._metadata
@@ -134,7 +141,7 @@ class safe_open:
 
     def get_tensor(self, name: str):
         seg = self._segment(name)
-        return _as_framework(self._reader.segment_bytes(seg, self._pool), seg.dtype, seg.shape, self.framework)
+        return _as_framework(self._reader.segment_bytes(seg), seg.dtype, seg.shape, self.framework)
 
     def get_slice(self, name: str) -> TensorSlice:
         return TensorSlice(self, self._segment(name))
@@ -143,15 +150,17 @@ class safe_open:
         return iter(self.keys())
 
 
-def load_file(path: str | os.PathLike, framework: str = "np", threads: int | None = None) -> dict:
+def load_file(path: str | os.PathLike, framework: str = "np", threads: int | None = None,
+              base: str | os.PathLike | None = None) -> dict:
     """Every tensor of a .wpk as ``{name: tensor}``, like ``safetensors.{numpy,torch}.load_file``."""
-    with safe_open(path, framework, threads=threads) as f:
+    with safe_open(path, framework, threads=threads, base=base) as f:
         return {name: f.get_tensor(name) for name in f}
 
 
-def load_folder(path: str | os.PathLike, framework: str = "pt", threads: int | None = None) -> dict:
+def load_folder(path: str | os.PathLike, framework: str = "pt", threads: int | None = None,
+                base: str | os.PathLike | None = None) -> dict:
     """One state dict from every .wpk of a packed model folder (all shards), without writing files."""
     state: dict = {}
     for wpk in sorted(Path(path).rglob("*.wpk")):
-        state.update(load_file(wpk, framework, threads))
+        state.update(load_file(wpk, framework, threads, base))
     return state

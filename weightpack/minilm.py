@@ -69,3 +69,27 @@ def write_variant(dst: Path, dtype: str, with_extras: bool = True) -> Path:
         tensors = {n: convert(t, dtype) for n, t in load(src / CHECKPOINT).items()}
         write(dst / CHECKPOINT, tensors, read_layout(src / CHECKPOINT).metadata)
     return dst
+
+
+def finetune(tensors: dict[str, tuple[str, tuple[int, ...], bytes]], step: float = 0.01,
+             seed: int = 0) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """A simulated fine-tune: every float weight times ``1 + step * N(0, 1)``, rounded back to its dtype."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (dtype, shape, data) in tensors.items():
+        if dtype == "BF16":
+            values = (np.frombuffer(data, "<u2").astype(np.uint32) << 16).view(np.float32)
+        elif dtype in ("F16", "F32"):
+            values = np.frombuffer(data, {"F16": "<f2", "F32": "<f4"}[dtype]).astype(np.float32)
+        else:
+            out[name] = (dtype, shape, data)
+            continue
+        nudged = (values * (1 + step * rng.standard_normal(values.size))).astype(np.float32)
+        out[name] = convert(("F32", shape, nudged.tobytes()), dtype)
+    return out
+
+
+def upcast(tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """BF16 tensors widened to F32 (exactly: the low 16 mantissa bits are zero), as many F32 uploads are."""
+    return {n: ("F32", s, (np.frombuffer(d, "<u2").astype("<u4") << 16).tobytes()) if t == "BF16" else (t, s, d)
+            for n, (t, s, d) in tensors.items()}

@@ -24,32 +24,28 @@ from .container import (
     KIND_BYTES,
     KIND_TENSOR,
     PREAMBLE,
+    REF_COPY,
+    REF_DELTA,
+    REF_NONE,
+    SELF,
+    SOURCE_BASE,
+    SOURCE_SIBLING,
     Chunk,
     Index,
     Segment,
+    Source,
     read_index,
     write_index,
     write_preamble,
 )
-from .errors import FormatError, IntegrityError
-from .safetensors_layout import read_layout
+from .errors import FormatError, IntegrityError, WeightpackError
+from .safetensors_layout import TensorEntry, read_layout
+from .sources import BaseSet, Dedup, Stored, read_exact
 
 Progress = Callable[[int], None]
 
 
-def _read_exact(fd: int, offset: int, size: int) -> np.ndarray:
-    """``size`` bytes at ``offset`` (thread-safe, no shared file position); FormatError if the file is short."""
-    buf = np.empty(size, np.uint8)
-    view, done = memoryview(buf), 0
-    while done < size:
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise FormatError("file is shorter than its header says (truncated?)")
-        done += n
-    return buf
-
-
-def _spans(src: Path) -> Iterator[tuple[int, int, object]]:
+def _spans(src: Path) -> Iterator[tuple[int, int, TensorEntry | None]]:
     """(start, end, tensor entry or None for verbatim bytes) covering the whole file in order."""
     lay = read_layout(src)
     yield 0, lay.data_start, None
@@ -63,24 +59,72 @@ def _spans(src: Path) -> Iterator[tuple[int, int, object]]:
         yield pos, lay.file_size, None
 
 
-def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = lambda n: None) -> Index:
-    """Write the .wpk of safetensors file ``src`` to ``out`` (positioned at 0); return its index."""
+class _Sources:
+    """The sources list of an archive being written: each referenced file once, in first-use order."""
+
+    def __init__(self) -> None:
+        self.list: list[Source] = []
+
+    def index(self, kind: int, name: str, sha: bytes) -> int:
+        for k, s in enumerate(self.list):
+            if s.kind == kind and s.sha256 == sha:
+                return k
+        if len(self.list) >= SELF:
+            raise WeightpackError("too many referenced files (at most 254)")
+        self.list.append(Source(kind, name, sha))
+        return len(self.list) - 1
+
+
+def _tensor_segment(src: Path, data: np.ndarray, tensor: TensorEntry, pool: Executor, base: BaseSet | None,
+                    dedup: Dedup | None, archive: str, sources: _Sources) -> tuple[Segment, list]:
+    """The segment of one tensor: a copy of one seen before, a delta to the base, or coded whole."""
+    seg = Segment(KIND_TENSOR, data.size, [], tensor.name, tensor.dtype, tensor.shape)
+    seen = dedup.find(data, tensor) if dedup is not None else None
+    if seen is not None:
+        seg.ref, seg.ref_name = REF_COPY, seen.tensor.name
+        if seen.archive != archive:
+            rel = os.path.relpath(seen.archive, start=os.path.dirname(archive) or ".")
+            seg.source = sources.index(SOURCE_SIBLING, Path(rel).as_posix(), dedup.sha256[seen.archive])
+        return seg, []
+    if dedup is not None:
+        dedup.add(data, Stored(archive, src, tensor))
+    specs = planes.layout(tensor.dtype)
+    base_file = base.match(tensor.name, tensor.dtype, tensor.shape) if base is not None else None
+    if base_file is None:
+        return seg, [codec.encode_plane(p, spec.bits, pool) for p, spec in zip(planes.split(data, tensor.dtype), specs)]
+    seg.source = sources.index(SOURCE_BASE, base.names[base_file], base_file.sha256)
+    seg.ref_name = tensor.name
+    reference = base_file.tensor_bytes(tensor.name, 0, seg.count)
+    if np.array_equal(reference, data):
+        seg.ref = REF_COPY
+        return seg, []
+    seg.ref = REF_DELTA
+    return seg, [codec.encode_plane(p, spec.bits, pool, r) for p, r, spec in
+                 zip(planes.split(data, tensor.dtype), planes.split(reference, tensor.dtype), specs)]
+
+
+def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = lambda n: None,
+                base: BaseSet | None = None, dedup: Dedup | None = None, archive: str = "") -> Index:
+    """Write the .wpk of safetensors file ``src`` to ``out`` (positioned at 0); return its index.
+
+    ``base``: code tensors matching a base tensor (name, dtype, shape) as a delta to it. ``dedup``:
+    store tensors identical to one stored before (in this file, or in an earlier archive of the
+    same pack run; ``archive`` is this one's path in the packed folder) as a copy of it.
+    """
     spans = list(_spans(src))
     digest = hashlib.sha256()
     segments: list[Segment] = []
+    sources = _Sources()
     write_preamble(out)
     offset = PREAMBLE.size
     with open(src, "rb") as f:
         for start, end, tensor in spans:
-            data = _read_exact(f.fileno(), start, end - start)
+            data = read_exact(f.fileno(), start, end - start)
             digest.update(data)
             if tensor is None:
-                coded = [codec.encode_bytes(data, pool)]
-                seg = Segment(KIND_BYTES, end - start, [])
+                seg, coded = Segment(KIND_BYTES, end - start, []), [codec.encode_bytes(data, pool)]
             else:
-                coded = [codec.encode_plane(p, spec.bits, pool)
-                         for p, spec in zip(planes.split(data, tensor.dtype), planes.layout(tensor.dtype))]
-                seg = Segment(KIND_TENSOR, end - start, [], tensor.name, tensor.dtype, tensor.shape)
+                seg, coded = _tensor_segment(src, data, tensor, pool, base, dedup, archive, sources)
             for record, payloads in coded:
                 for payload in payloads:
                     record.chunks.append(Chunk(offset, len(payload), zlib.crc32(payload)))
@@ -89,23 +133,31 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
                 seg.planes.append(record)
             segments.append(seg)
             progress(end - start)
-    index = Index(sum(s.length for s in segments), digest.digest(), segments)
+    index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
     write_index(out, index, offset)
+    if dedup is not None:
+        dedup.sha256[archive] = index.original_sha256
     return index
 
 
 class ArchiveReader:
-    """An open .wpk: its validated index, and decoding of any one segment without the others."""
+    """An open .wpk: its validated index, and decoding of any segment (or element range) alone.
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    Tensors stored as a copy of, or a delta to, another tensor are resolved through this archive
+    (``SELF``), a sibling archive in the same folder, or ``base`` (found by sha256). A referenced
+    tensor must itself be stored whole or against the base, so references never chain or loop.
+    """
+
+    def __init__(self, path: Path, pool: Executor, base: BaseSet | None = None) -> None:
+        self.path, self.pool, self.base = Path(path), pool, base
         self._file = open(self.path, "rb")  # noqa: SIM115 -- closed by close() / __exit__
         try:
-            size = os.fstat(self._file.fileno()).st_size
-            self.index = read_index(self._file, size)
+            self.index = read_index(self._file, os.fstat(self._file.fileno()).st_size)
         except BaseException:
             self._file.close()
             raise
+        self.tensors = {s.name: s for s in self.index.segments if s.kind == KIND_TENSOR}
+        self._siblings: dict[int, ArchiveReader] = {}
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -114,12 +166,64 @@ class ArchiveReader:
         self.close()
 
     def close(self) -> None:
+        for sibling in self._siblings.values():
+            sibling.close()
         self._file.close()
 
-    def _read(self, offset: int, size: int) -> np.ndarray:
-        return _read_exact(self._file.fileno(), offset, size)
+    @property
+    def sha256(self) -> bytes:
+        return self.index.original_sha256
 
-    def stripes(self, seg: Segment, pool: Executor, first: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
+    def entry(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        seg = self.tensors.get(name)
+        return (seg.dtype, seg.shape) if seg else None
+
+    def _read(self, offset: int, size: int) -> np.ndarray:
+        return read_exact(self._file.fileno(), offset, size)
+
+    def _source(self, seg: Segment):
+        """The archive or base file holding the tensor ``seg`` refers to, checked to be the right one."""
+        if seg.source == SELF:
+            source = self
+        else:
+            src = self.index.sources[seg.source]
+            if src.kind == SOURCE_SIBLING:
+                if seg.source not in self._siblings:
+                    path = self.path.parent / src.name
+                    if not path.is_file():
+                        raise WeightpackError(f"tensor {seg.name!r} is stored in {path}, which is missing")
+                    self._siblings[seg.source] = ArchiveReader(path, self.pool, self.base)
+                source = self._siblings[seg.source]
+            elif self.base is None:
+                raise WeightpackError(f"packed against a base checkpoint ({src.name}, sha256 {src.sha256.hex()[:16]}"
+                                      "...): give it with --base / base=")
+            else:
+                source = self.base.by_sha256(src.sha256)
+                if source is None:
+                    raise WeightpackError(f"the base given is missing or different: no file in it has the sha256 "
+                                          f"{src.sha256.hex()[:16]}... of {src.name}, which this archive was packed "
+                                          "against")
+            if source.sha256 != src.sha256:
+                raise IntegrityError(f"{src.name} is not the file this archive refers to (sha256 differs)")
+        if source.entry(seg.ref_name) != (seg.dtype, seg.shape):
+            raise FormatError(f"tensor {seg.name!r} refers to {seg.ref_name!r}, which is missing or differs")
+        if isinstance(source, ArchiveReader):
+            target = source.tensors[seg.ref_name]
+            if target.ref != REF_NONE and (target.source == SELF or
+                                          source.index.sources[target.source].kind == SOURCE_SIBLING):
+                raise FormatError(f"tensor {seg.name!r} refers to {seg.ref_name!r}, which is itself a reference")
+        return source
+
+    def tensor_bytes(self, name: str, first: int, end: int) -> np.ndarray:
+        """Bytes of elements ``first`` to ``end`` of tensor ``name``, for a tensor referring to it.
+
+        Decoded in the calling thread: the caller is already a pool worker, and waiting on the pool
+        from inside it could deadlock.
+        """
+        return self.segment_bytes(self.tensors[name], first, end, parallel=False)
+
+    def stripes(self, seg: Segment, first: int = 0, end: int | None = None,
+                parallel: bool = True) -> Iterator[np.ndarray]:
         """The original bytes of one segment, one chunk-sized stripe at a time, every checksum verified.
 
         Stripe ``k`` is chunk ``k`` of every plane, merged; only the stripes holding elements
@@ -127,34 +231,43 @@ class ArchiveReader:
         the consumer, so memory stays bounded by the chunk size, not by the tensor size.
         """
         where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
+        source = self._source(seg) if seg.ref != REF_NONE else None
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
         step = self.stripe_elements(seg)
         end = seg.count if end is None else end
         jobs = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
 
         def stripe(job: tuple[int, int]) -> np.ndarray:
-            parts = [d.chunk(job[0], job[1], self._read) for d in decoders]
+            k, n = job
+            if seg.ref == REF_COPY:
+                return source.tensor_bytes(seg.ref_name, k * step, k * step + n)
+            if seg.ref == REF_DELTA:
+                refs = planes.split(source.tensor_bytes(seg.ref_name, k * step, k * step + n), seg.dtype)
+            else:
+                refs = [None] * len(decoders)
+            parts = [d.chunk(k, n, self._read, r) for d, r in zip(decoders, refs)]
             return parts[0] if seg.kind == KIND_BYTES else planes.merge(parts, seg.dtype)
-        yield from _ordered_map(pool, stripe, jobs)
+        yield from _ordered_map(self.pool, stripe, jobs) if parallel else map(stripe, jobs)
 
     @staticmethod
     def stripe_elements(seg: Segment) -> int:
         return next((p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST), codec.CHUNK_SYMBOLS)
 
-    def segment_bytes(self, seg: Segment, pool: Executor, first: int = 0, end: int | None = None) -> np.ndarray:
+    def segment_bytes(self, seg: Segment, first: int = 0, end: int | None = None,
+                      parallel: bool = True) -> np.ndarray:
         """The original bytes of elements ``first`` to ``end`` of one segment (uint8), checksums verified."""
         end = seg.count if end is None else end
-        parts = list(self.stripes(seg, pool, first, end))
+        parts = list(self.stripes(seg, first, end, parallel))
         data = np.concatenate(parts) if parts else np.empty(0, np.uint8)
         size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
         skip = first % self.stripe_elements(seg) * size
         return data[skip:skip + (end - first) * size]
 
-    def restore(self, out: BinaryIO | None, pool: Executor, progress: Progress = lambda n: None) -> None:
+    def restore(self, out: BinaryIO | None, progress: Progress = lambda n: None) -> None:
         """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""
         digest = hashlib.sha256()
         for seg in self.index.segments:
-            for data in self.stripes(seg, pool):
+            for data in self.stripes(seg):
                 digest.update(data)
                 if out is not None:
                     out.write(data)

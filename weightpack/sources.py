@@ -1,0 +1,126 @@
+"""Where referenced tensors come from: a base checkpoint (``--base``) and tensors already packed.
+
+A fine-tune is coded as a delta to its base, and a tensor seen before (in the same file or an
+earlier shard) as a copy of it. ``BaseSet`` opens a base given as a safetensors file, a .wpk, or a
+folder of either, and finds its tensors by name and its files by sha256 (so a base packed or
+unpacked, or renamed, still matches). ``Dedup`` remembers what a pack run has stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightpackError
+from .planes import itemsize
+from .safetensors_layout import TensorEntry, read_layout
+
+
+def read_exact(fd: int, offset: int, size: int) -> np.ndarray:
+    """``size`` bytes at ``offset`` (thread-safe, no shared file position); FormatError if the file is short."""
+    from .errors import FormatError
+
+    buf = np.empty(size, np.uint8)
+    view, done = memoryview(buf), 0
+    while done < size:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise FormatError("file is shorter than its header says (truncated?)")
+        done += n
+    return buf
+
+
+class SafetensorsFile:
+    """Tensors of a plain safetensors file, read by element range."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tensors = {t.name: t for t in read_layout(path).tensors}
+        self._fd = os.open(path, os.O_RDONLY)
+        self._sha256: bytes | None = None
+
+    @property
+    def sha256(self) -> bytes:
+        if self._sha256 is None:
+            with open(self.path, "rb") as f:
+                self._sha256 = hashlib.file_digest(f, "sha256").digest()
+        return self._sha256
+
+    def entry(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        t = self.tensors.get(name)
+        return (t.dtype, t.shape) if t else None
+
+    def tensor_bytes(self, name: str, first: int, end: int) -> np.ndarray:
+        t = self.tensors[name]
+        size = itemsize(t.dtype)
+        return read_exact(self._fd, t.start + first * size, (end - first) * size)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class BaseSet:
+    """The base checkpoint: every tensor of a file or folder (safetensors or .wpk) by name and by file sha256."""
+
+    def __init__(self, path: Path, open_archive: Callable[[Path], object]) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise WeightpackError(f"{path}: base checkpoint not found")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                    if p.suffix in (".safetensors", ".wpk") and p.is_file())
+        if not files:
+            raise WeightpackError(f"{path}: no .safetensors or .wpk files in the base")
+        self.files = [open_archive(f) if f.suffix == ".wpk" else SafetensorsFile(f) for f in files]
+        self.names = {f: p.relative_to(path).as_posix() if path.is_dir() else p.name
+                      for f, p in zip(self.files, files)}
+        self._by_name: dict[str, object] = {}
+        for f in self.files:
+            for name in f.tensors:
+                self._by_name.setdefault(name, f)
+
+    def match(self, name: str, dtype: str, shape: tuple[int, ...]):
+        """The base file holding a tensor of this name, dtype and shape, or None."""
+        f = self._by_name.get(name)
+        return f if f is not None and f.entry(name) == (dtype, tuple(shape)) else None
+
+    def by_sha256(self, sha: bytes):
+        return next((f for f in self.files if f.sha256 == sha), None)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+@dataclass
+class Stored:
+    """A tensor stored whole (or against the base) earlier in this pack run."""
+
+    archive: str  # the archive's path in the packed folder
+    file: Path  # the safetensors file it came from, to compare bytes
+    tensor: TensorEntry
+
+
+class Dedup:
+    """Tensors stored so far in a pack run, found again by content: (size, CRC32), then byte comparison."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], list[Stored]] = {}
+        self.sha256: dict[str, bytes] = {}  # archive -> sha256 of its original, once finished
+
+    def find(self, data: np.ndarray, tensor: TensorEntry) -> Stored | None:
+        for s in self._seen.get((data.size, zlib.crc32(data)), []):
+            if s.tensor.dtype != tensor.dtype or s.tensor.shape != tensor.shape:
+                continue
+            with open(s.file, "rb") as f:
+                if np.array_equal(read_exact(f.fileno(), s.tensor.start, data.size), data):
+                    return s
+        return None
+
+    def add(self, data: np.ndarray, stored: Stored) -> None:
+        self._seen.setdefault((data.size, zlib.crc32(data)), []).append(stored)
