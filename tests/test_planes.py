@@ -34,14 +34,15 @@ def test_random_words_of_every_dtype_survive(dtype: str, seed: int, n: int) -> N
     assert planes.merge(split, dtype).tobytes() == data.tobytes()
 
 
-def test_float_planes_separate_exponent_from_sign_and_mantissa() -> None:
-    assert [(p.name, p.bits) for p in planes.layout("BF16")] == [("exponent", 8), ("sign_mantissa", 8)]
+def test_float_planes_pair_the_exponent_with_the_top_mantissa_bits() -> None:
+    assert [(p.name, p.bits) for p in planes.layout("BF16")] == [("exponent_top", 10), ("sign_mantissa", 6)]
     assert [(p.name, p.bits) for p in planes.layout("F16")] == [
-        ("exponent", 5), ("sign_mantissa", 3), ("mantissa_0", 8)]
-    assert [p.bits for p in planes.layout("F32")] == [8, 8, 8, 8]
-    assert [p.bits for p in planes.layout("F64")] == [11, 5, 8, 8, 8, 8, 8, 8]
-    one = np.array([1.0], "<f4").view(np.uint8)  # exponent 127, sign 0, mantissa 0
-    assert [int(p[0]) for p in planes.split(one, "F32")] == [127, 0, 0, 0]
+        ("exponent_top", 7), ("sign_mantissa", 1), ("mantissa_0", 8)]
+    assert [p.bits for p in planes.layout("F32")] == [10, 6, 8, 8]
+    assert [p.bits for p in planes.layout("F64")] == [13, 3, 8, 8, 8, 8, 8, 8]
+    assert [p.bits for p in planes.layout("F8_E4M3")] == [6, 2]
+    value = np.array([-1.75], "<f4").view(np.uint8)  # sign 1, exponent 127, mantissa 0b11 then zeros
+    assert [int(p[0]) for p in planes.split(value, "F32")] == [127 << 2 | 0b11, 1 << 5, 0, 0]
 
 
 def test_integer_dtypes_split_into_bytes_most_significant_first() -> None:

@@ -72,6 +72,7 @@ def test_table_serialisation_round_trips_and_is_validated() -> None:
     data[-1] ^= 1  # the frequencies no longer sum to the total
     with pytest.raises(FormatError):
         FrequencyTable.from_bytes(bytes(data), 8)
-    for bad in (b"", b"\x00\x01\x00", b"\x10\x01\x00\x01", table.to_bytes() + b"\x00", b"\x0c\xff\xff"):
+    for bad in (b"", b"\x00\x00\x00\x01\x00", b"\x10\x00\x00\x01\x00\x01", table.to_bytes() + b"\x00",
+                b"\x0c\x00\x00\xff\xff", b"\x0c\xff\x00\x02\x00\x03\x01\x01"):
         with pytest.raises(FormatError):
             FrequencyTable.from_bytes(bad, 8)

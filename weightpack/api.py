@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 from . import manifest
 from .atomic import atomic_output, check_free
+from .codec import CHUNK_OWN, CHUNK_RAW, CHUNK_SHARED
 from .container import (
     CODEC_NAMES,
+    CODEC_RANS,
     KIND_TENSOR,
     REF_COPY,
     REF_NONE,
@@ -41,6 +43,7 @@ from .container import (
     SOURCE_BASE,
     TRANSFORM_NAMES,
     Index,
+    PlaneRecord,
     Segment,
 )
 from .errors import WeightpackError
@@ -257,22 +260,7 @@ def info(src: str | os.PathLike) -> dict:
     with _about(src), _workers(1) as (pool, _), ArchiveReader(src, pool) as reader:
         index = reader.index
         file_size = src.stat().st_size
-    tensors = []
-    for seg in index.segments:
-        if seg.kind != KIND_TENSOR:
-            continue
-        plane_rows = [{
-            "plane": spec.name, "codec": CODEC_NAMES[p.codec] + (f"({TRANSFORM_NAMES[p.transform]})"
-                                                                 if p.transform else ""),
-            "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
-            "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
-        } for spec, p in zip(layout(seg.dtype), seg.planes)]
-        tensors.append({
-            "name": seg.name, "dtype": seg.dtype, "shape": list(seg.shape), "original_bytes": seg.length,
-            "packed_bytes": sum(p.stored_bytes for p in seg.planes),
-            "bound_bytes": sum(p.bound_bits for p in seg.planes) / 8, "planes": plane_rows,
-            "reference": _describe_reference(seg, index),
-        })
+        tensors = _describe_tensors(reader, index)
     tensor_bytes = sum(t["original_bytes"] for t in tensors)
     return {
         "file": str(src), "original_bytes": index.original_size, "packed_bytes": file_size,
@@ -284,3 +272,37 @@ def info(src: str | os.PathLike) -> dict:
         "references": [{"kind": "base" if s.kind == SOURCE_BASE else "sibling", "name": s.name,
                         "sha256": s.sha256.hex()} for s in index.sources],
     }
+
+
+def _chunk_modes(reader: ArchiveReader, plane: PlaneRecord) -> dict[str, int]:
+    """How many chunks of a rANS plane use its shared table, a table of their own, or are stored raw."""
+    modes = {"shared": 0, "own": 0, "raw": 0}
+    if plane.codec != CODEC_RANS:
+        return modes
+    for c in plane.chunks:
+        mode = int(reader.read(c.offset, 1)[0]) if c.size else -1
+        name = {CHUNK_SHARED: "shared", CHUNK_OWN: "own", CHUNK_RAW: "raw"}.get(mode)
+        if name:
+            modes[name] += 1
+    return modes
+
+
+def _describe_tensors(reader: ArchiveReader, index: Index) -> list[dict]:
+    tensors = []
+    for seg in index.segments:
+        if seg.kind != KIND_TENSOR:
+            continue
+        plane_rows = [{
+            "plane": spec.name, "codec": CODEC_NAMES[p.codec] + (f"({TRANSFORM_NAMES[p.transform]})"
+                                                                 if p.transform else ""),
+            "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
+            "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
+            "chunks": _chunk_modes(reader, p),
+        } for spec, p in zip(layout(seg.dtype), seg.planes)]
+        tensors.append({
+            "name": seg.name, "dtype": seg.dtype, "shape": list(seg.shape), "original_bytes": seg.length,
+            "packed_bytes": sum(p.stored_bytes for p in seg.planes),
+            "bound_bytes": sum(p.bound_bits for p in seg.planes) / 8, "planes": plane_rows,
+            "reference": _describe_reference(seg, index),
+        })
+    return tensors

@@ -55,14 +55,23 @@ def _verify(args: argparse.Namespace) -> dict:
     return {"source": str(args.src), "archives": count, "ok": True}
 
 
+def _modes(chunks: dict[str, int]) -> str:
+    """Chunk modes of a rANS plane, shown only when not all chunks use the plane's table."""
+    if not chunks["own"] and not chunks["raw"]:
+        return ""
+    return "[" + ",".join(f"{n} {mode}" for mode, n in chunks.items() if n) + "]"
+
+
 def _info(args: argparse.Namespace) -> dict:
     report = api.info(args.src)
     if args.json or args.quiet:
         return report
-    print(f"{'tensor':<48} {'dtype':<6} {'shape':<14} {'packed':>8}  planes: codec bits/symbol (order-0 bound)")
+    print(f"{'tensor':<48} {'dtype':<6} {'shape':<14} {'packed':>8}  "
+          "planes: codec[chunk modes] bits/symbol (order-0 bound)")
     for t in report["tensors"]:
         ratio = t["packed_bytes"] / t["original_bytes"] if t["original_bytes"] else 0.0
-        planes = "  ".join(f"{p['plane']}:{p['codec']} {p['bits']:.3f} ({p['bound_bits']:.3f})" for p in t["planes"])
+        planes = "  ".join(f"{p['plane']}:{p['codec']}{_modes(p['chunks'])} {p['bits']:.3f} ({p['bound_bits']:.3f})"
+                           for p in t["planes"])
         if t["reference"]:
             planes = f"{t['reference']} {planes}"
         shape = "x".join(map(str, t["shape"])) or "scalar"

@@ -1,13 +1,22 @@
 """Plane codecs: choose how each plane is stored (rANS, constant, raw, zstd) and code it in chunks.
 
 A plane is cut into chunks of ``CHUNK_SYMBOLS`` symbols that are coded independently, so that the
-work spreads over threads and damage stays local to one chunk. The choice of codec is made from the
-histogram before any coding: rANS when its estimated size (coded bits, table, per-chunk states) is
-smaller than storing the plane raw, a single symbol when the plane is constant.
+work spreads over threads and damage stays local to one chunk. A rANS plane has one table fitted to
+the whole plane, and each chunk picks what costs it least, table bytes included:
+
+- ``CHUNK_SHARED``: rANS with the plane's table;
+- ``CHUNK_OWN``: rANS with a table of its own, when its statistics differ from the plane's (rows of
+  an embedding matrix differ in scale; parts of some F32 tensors carry fewer mantissa bits);
+- ``CHUNK_RAW``: the symbols bit-packed at the plane's width, when coding does not pay (decoding
+  is then a copy).
+
+A plane with one symbol value costs two bytes (``CODEC_CONST``); a plane no chunk can shrink is
+stored raw (``CODEC_RAW``, bit-packed).
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -15,7 +24,7 @@ from concurrent.futures import Executor
 import numpy as np
 import zstandard
 
-from . import rans
+from . import bitpack, rans
 from .container import (
     CODEC_CONST,
     CODEC_RANS,
@@ -33,17 +42,13 @@ from .errors import FormatError, IntegrityError
 CHUNK_SYMBOLS = 1 << 18
 BYTES_CHUNK = 1 << 22  # verbatim runs (headers, gaps) go through zstd in chunks of 4 MiB
 ZSTD_LEVEL = 19
-CHUNK_OVERHEAD_BYTES = rans.HEADER_BYTES + 16  # coder states, plus the chunk's index entry
+CHUNK_SHARED, CHUNK_OWN, CHUNK_RAW = 0, 1, 2
+CHUNK_INDEX_BYTES = 16  # what one chunk adds to the index
+OWN_TABLE_MIN_PRECISION = 10  # finer than this is what pays for a chunk of 256 Ki symbols
 
 
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _rans_chunk(symbols: np.ndarray, table: np.ndarray) -> bytes:
-    out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
-    start = rans.encode(symbols, table, out)
-    return out[start:].tobytes()
 
 
 def apply_transform(transform: int, symbols: np.ndarray, reference: np.ndarray, bits: int) -> np.ndarray:
@@ -81,26 +86,48 @@ def encode_plane(symbols: np.ndarray, bits: int, pool: Executor,
     return record, payloads
 
 
+def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> bytes:
+    out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
+    return out[rans.encode(symbols, table.encoder_table(), out):].tobytes()
+
+
+def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> bytes:
+    """One chunk in whichever of the three modes is estimated smallest."""
+    counts = histogram(symbols, bits)
+    costs = {CHUNK_SHARED: shared.coded_bits(counts), CHUNK_RAW: symbols.size * bits}
+    own = None
+    if entropy_bits(counts) + 8 * int((counts > 0).sum()) < min(costs.values()):  # a table of its own may pay
+        own = FrequencyTable.fit(counts, OWN_TABLE_MIN_PRECISION)
+        if own is not None:
+            costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (len(own.to_bytes()) + 2)
+    mode = min(costs, key=costs.get)
+    if mode == CHUNK_RAW:
+        return bytes([CHUNK_RAW]) + bitpack.pack(symbols, bits)
+    if mode == CHUNK_OWN:
+        table = own.to_bytes()
+        return bytes([CHUNK_OWN]) + len(table).to_bytes(2, "little") + table + _rans_stream(symbols, own)
+    return bytes([CHUNK_SHARED]) + _rans_stream(symbols, shared)
+
+
 def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
     counts = histogram(symbols, bits)
-    bound = int(np.ceil(entropy_bits(counts)))
-    raw_bytes = symbols.size * symbols.itemsize
+    bound = math.ceil(entropy_bits(counts))
     present = np.flatnonzero(counts)
     if present.size == 1:
         return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
-    table = FrequencyTable.fit(counts) if present.size > 1 else None
+    slices = _chunks(symbols.size, CHUNK_SYMBOLS)
+    raw_bytes = bitpack.packed_size(symbols.size, bits)
+    table = FrequencyTable.fit(counts) if present.size else None
     if table is not None:
         params = table.to_bytes()
-        slices = _chunks(symbols.size, CHUNK_SYMBOLS)
-        estimate = table.coded_bits(counts) / 8 + len(params) + CHUNK_OVERHEAD_BYTES * len(slices)
-        if estimate < raw_bytes:
-            enc = table.encoder_table()
-            payloads = list(pool.map(lambda s: _rans_chunk(symbols[s], enc), slices))
+        if table.coded_bits(counts) / 8 + len(params) + (rans.HEADER_BYTES + 1) * len(slices) < raw_bytes:
+            payloads = list(pool.map(lambda s: _encode_chunk(symbols[s], bits, table), slices))
             if sum(map(len, payloads)) + len(params) < raw_bytes:
+                if all(p[0] != CHUNK_SHARED for p in payloads):
+                    params = b""
                 return PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, params), payloads
-    payloads = [symbols[s].astype(symbols.dtype.newbyteorder("<")).tobytes()
-                for s in _chunks(symbols.size, CHUNK_SYMBOLS)]
-    return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), payloads
+    return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
+            [bitpack.pack(symbols[s], bits) for s in slices])
 
 
 def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
@@ -113,29 +140,44 @@ def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[by
     return PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""), [data[s].tobytes() for s in slices]
 
 
+class _Decoder:
+    """A frequency table ready for the rANS decoder."""
+
+    def __init__(self, table: FrequencyTable, dtype: np.dtype) -> None:
+        self.precision = table.precision
+        self.slot_symbol, self.slot_info = table.decoder_tables(dtype)
+
+    def decode(self, stream: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray | None:
+        out = np.empty(n, dtype)
+        return out if rans.decode(stream, self.precision, self.slot_symbol, self.slot_info, out) else None
+
+
 class PlaneDecoder:
     """Decodes one plane chunk by chunk, so that memory stays bounded whatever size a plane claims.
 
     Everything about the plane is validated here, before any chunk reaches the rANS kernel: the
-    table, the constant, and (per chunk) the CRC and the stored size the codec implies.
+    tables, the constant, and (per chunk) the CRC and the size the chunk's mode implies.
     """
 
     def __init__(self, plane: PlaneRecord, where: str) -> None:
         self.plane, self.where = plane, where
         self.dtype = np.dtype(np.uint8 if plane.bits <= 8 else np.uint16)
+        self.shared: _Decoder | None = None
         if plane.codec == CODEC_CONST:
             value = int.from_bytes(plane.params, "little") if len(plane.params) == 2 else -1
             if not 0 <= value < 1 << plane.bits:
                 raise FormatError(f"{where}: invalid constant plane")
             self.value = value
-        elif plane.codec == CODEC_RANS:
-            try:
-                self.table = FrequencyTable.from_bytes(plane.params, plane.bits)
-            except FormatError as exc:
-                raise FormatError(f"{where}: {exc}") from None
-            self.slot_symbol, self.slot_info = self.table.decoder_tables(self.dtype)
+        elif plane.codec == CODEC_RANS and plane.params:
+            self.shared = _Decoder(self._table(plane.params), self.dtype)
         elif plane.params:
             raise FormatError(f"{where}: unexpected codec parameters")
+
+    def _table(self, data: bytes) -> FrequencyTable:
+        try:
+            return FrequencyTable.from_bytes(data, self.plane.bits)
+        except FormatError as exc:
+            raise FormatError(f"{self.where}: {exc}") from None
 
     def chunk(self, k: int, n: int, read: Callable[[int, int], np.ndarray],
               reference: np.ndarray | None = None) -> np.ndarray:
@@ -155,16 +197,34 @@ class PlaneDecoder:
         data = read(info.offset, info.size)
         if zlib.crc32(data) != info.crc32:
             raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
-        if self.plane.codec == CODEC_RAW:
-            if info.size != n * self.dtype.itemsize:
-                raise FormatError(f"{self.where}: raw chunk has the wrong size")
-            out = data.view(self.dtype.newbyteorder("<")).astype(self.dtype, copy=False)
-            if self.plane.bits < 8 * self.dtype.itemsize and n and int(out.max()) >> self.plane.bits:
-                raise FormatError(f"{self.where}: raw symbols exceed the plane width")
-            return out
         if self.plane.codec == CODEC_ZSTD:
             return np.frombuffer(unzstd(data, n, f"{self.where}: zstd chunk"), np.uint8)
-        out = np.empty(n, self.dtype)
-        if not rans.decode(data, self.table.precision, self.slot_symbol, self.slot_info, out):
+        if self.plane.codec == CODEC_RAW:
+            return self._raw(data, n, info.offset)
+        if data.size < 1 or data[0] not in (CHUNK_SHARED, CHUNK_OWN, CHUNK_RAW):
+            raise FormatError(f"{self.where}: chunk at offset {info.offset} has an unknown mode")
+        mode, body = data[0], data[1:]
+        if mode == CHUNK_RAW:
+            return self._raw(body, n, info.offset)
+        if mode == CHUNK_SHARED:
+            decoder = self.shared
+            if decoder is None:
+                raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
+        else:
+            length = int(body[0]) | int(body[1]) << 8 if body.size >= 2 else body.size + 1
+            if 2 + length > body.size:
+                raise FormatError(f"{self.where}: chunk at offset {info.offset} has a truncated table")
+            decoder = _Decoder(self._table(body[2:2 + length].tobytes()), self.dtype)
+            body = body[2 + length:]
+        out = decoder.decode(body, n, self.dtype)
+        if out is None:
             raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
+        return out
+
+    def _raw(self, data: np.ndarray, n: int, offset: int) -> np.ndarray:
+        out = bitpack.unpack(data, self.plane.bits, n)
+        if out is None:
+            raise FormatError(f"{self.where}: raw chunk at offset {offset} has the wrong size")
+        if self.plane.bits < 8 * self.dtype.itemsize and n and int(out.max()) >> self.plane.bits:
+            raise FormatError(f"{self.where}: raw symbols exceed the plane width")
         return out

@@ -7,8 +7,8 @@ small tensors of a checkpoint) and codes less exactly once ``1 << precision`` ne
 state lower bound (``RANS_LOSS_BITS``).
 
 Serialised table (little-endian), see docs/FORMAT.md:
-``u8 precision | u16 span | ceil(span / 8) bytes presence bitmap | LEB128 frequency per present symbol``
-where ``span`` is one more than the largest present symbol.
+``u8 precision | u16 first | u16 span | ceil(span / 8) bytes presence bitmap | LEB128 frequency per
+present symbol``, where the bitmap covers symbols ``first`` to ``first + span - 1``.
 """
 
 from __future__ import annotations
@@ -92,10 +92,13 @@ class FrequencyTable:
     freq: np.ndarray
 
     @classmethod
-    def fit(cls, counts: np.ndarray) -> FrequencyTable:
-        """The table that minimises coded bits plus its own serialised size for these counts."""
+    def fit(cls, counts: np.ndarray, min_precision: int = 1) -> FrequencyTable | None:
+        """The table that minimises coded bits plus its own serialised size for these counts.
+
+        None if the counts have more distinct symbols than the finest table can hold.
+        """
         n_present = int((counts > 0).sum())
-        lowest = max(1, math.ceil(math.log2(max(n_present, 1))))
+        lowest = max(min_precision, math.ceil(math.log2(max(n_present, 1))))
         best, best_cost = None, math.inf
         for precision in range(lowest, rans.MAX_PRECISION + 1):
             table = cls(precision, _normalise(counts, precision))
@@ -112,25 +115,25 @@ class FrequencyTable:
 
     def to_bytes(self) -> bytes:
         present = np.flatnonzero(self.freq)
-        span = int(present[-1]) + 1
-        bitmap = np.packbits(self.freq[:span] > 0, bitorder="little").tobytes()
-        return (bytes([self.precision]) + span.to_bytes(2, "little") + bitmap
+        first, span = int(present[0]), int(present[-1] - present[0]) + 1
+        bitmap = np.packbits(self.freq[first:first + span] > 0, bitorder="little").tobytes()
+        return (bytes([self.precision]) + first.to_bytes(2, "little") + span.to_bytes(2, "little") + bitmap
                 + _leb128(self.freq[present].astype(np.int64)))
 
     @classmethod
     def from_bytes(cls, data: bytes, width: int) -> FrequencyTable:
         """Parse and validate a serialised table for a ``width``-bit plane; FormatError if invalid."""
-        if len(data) < 3:
+        if len(data) < 5:
             raise FormatError("frequency table is truncated")
         precision = data[0]
-        span = int.from_bytes(data[1:3], "little")
-        if not 1 <= precision <= rans.MAX_PRECISION or not 1 <= span <= (1 << width):
+        first, span = int.from_bytes(data[1:3], "little"), int.from_bytes(data[3:5], "little")
+        if not 1 <= precision <= rans.MAX_PRECISION or span < 1 or first + span > (1 << width):
             raise FormatError("frequency table has an invalid precision or alphabet")
-        end = 3 + (span + 7) // 8
+        end = 5 + (span + 7) // 8
         if len(data) < end:
             raise FormatError("frequency table is truncated")
-        bits = np.unpackbits(np.frombuffer(data, np.uint8, end - 3, 3), bitorder="little")[:span]
-        present = np.flatnonzero(bits)
+        bits = np.unpackbits(np.frombuffer(data, np.uint8, end - 5, 5), bitorder="little")[:span]
+        present = np.flatnonzero(bits) + first
         values, shift, pos, current = [], 0, end, 0
         while len(values) < present.size:
             if pos >= len(data) or shift > 14:

@@ -1,17 +1,19 @@
 """Dtype planes: split a tensor's bytes into planes of similar statistics, and merge them back exactly.
 
 Floating point values are split by field, because the fields behave very differently in trained
-weights: the exponent is highly skewed (about 2.6 bits of information in BF16's 8), the mantissa is
-nearly random. One rule covers every float format with ``e`` exponent and ``m`` mantissa bits:
+weights: the exponent is highly skewed (about 2.6 bits of information in BF16's 8), the top
+mantissa bits depend on it (within a binade, values near its low end are more likely), and the
+rest of the mantissa is nearly random. One rule covers every float format with ``e`` exponent and
+``m`` mantissa bits:
 
-1. ``exponent``: the ``e`` exponent bits;
-2. ``sign_mantissa``: the sign bit above the top ``m % 8`` mantissa bits;
-3. ``mantissa_<k>``: the remaining ``m // 8`` mantissa bytes, most significant first.
+1. ``exponent_top``: the exponent with the top 2 mantissa bits below it (``e + 2`` bits), coded as
+   one symbol, so the coder sees their joint distribution with one symbol per weight;
+2. ``sign_mantissa``: the sign above the next ``(m - 2) % 8`` mantissa bits (nearly random);
+3. ``mantissa_<k>``: the remaining ``(m - 2) // 8`` mantissa bytes, most significant first.
 
-So BF16 is exponent(8) | sign+mantissa(8); F16 exponent(5) | sign+2 mantissa bits(3) | mantissa(8);
-F32 exponent(8) | sign+7 mantissa bits(8) | 2 mantissa bytes. Integer and bool dtypes are split into
-their little-endian bytes, most significant first. Every plane holds symbols of ``bits`` bits in a
-uint8 array, or uint16 for planes wider than 8 bits (the F64 exponent).
+So BF16 is 10 | 6 bits; F16 7 | 1 | 8; F32 10 | 6 | 8 | 8; F64 13 | 3 | 8 x 6. Integer and bool
+dtypes are split into their little-endian bytes, most significant first. Every plane holds symbols
+of ``bits`` bits in a uint8 array, or uint16 for planes wider than 8 bits.
 """
 
 from __future__ import annotations
@@ -52,18 +54,26 @@ def itemsize(dtype: str) -> int:
         raise FormatError(f"unsupported dtype {dtype!r}") from None
 
 
+TOP_MANTISSA_BITS = 2
+
+
 def layout(dtype: str) -> list[Plane]:
     """The planes a tensor of ``dtype`` is split into, in storage order."""
     itemsize(dtype)
     size, ebits, mbits = DTYPES[dtype]
     if ebits == 0:
         return [Plane(f"byte_{k}", 8) for k in range(size - 1, -1, -1)]
-    return ([Plane("exponent", ebits), Plane("sign_mantissa", 1 + mbits % 8)]
-            + [Plane(f"mantissa_{k}", 8) for k in range(mbits // 8 - 1, -1, -1)])
+    rest = mbits - TOP_MANTISSA_BITS
+    return ([Plane("exponent_top", ebits + TOP_MANTISSA_BITS), Plane("sign_mantissa", 1 + rest % 8)]
+            + [Plane(f"mantissa_{k}", 8) for k in range(rest // 8 - 1, -1, -1)])
 
 
 def _words(data: np.ndarray, size: int) -> np.ndarray:
     return data.view(np.dtype(f"<u{size}"))
+
+
+def _narrow(values: np.ndarray, bits: int) -> np.ndarray:
+    return values.astype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
@@ -75,12 +85,13 @@ def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
         columns = data.reshape(-1, size)
         return [np.ascontiguousarray(columns[:, k]) for k in range(size - 1, -1, -1)]
     words = _words(data, size)
-    top = mbits % 8
-    exponent = ((words >> mbits) & ((1 << ebits) - 1)).astype(np.uint8 if ebits <= 8 else np.uint16)
+    rest = mbits - TOP_MANTISSA_BITS
+    low_bits = rest % 8
+    head = _narrow((words >> rest) & ((1 << (ebits + TOP_MANTISSA_BITS)) - 1), ebits + TOP_MANTISSA_BITS)
     sign = words >> (8 * size - 1)
-    sign_mantissa = ((sign << top) | ((words >> (mbits - top)) & ((1 << top) - 1))).astype(np.uint8)
-    low = [((words >> (8 * k)) & 0xFF).astype(np.uint8) for k in range(mbits // 8 - 1, -1, -1)]
-    return [exponent, sign_mantissa, *low]
+    sign_mantissa = ((sign << low_bits) | ((words >> (rest - low_bits)) & ((1 << low_bits) - 1))).astype(np.uint8)
+    low = [((words >> (8 * k)) & 0xFF).astype(np.uint8) for k in range(rest // 8 - 1, -1, -1)]
+    return [head, sign_mantissa, *low]
 
 
 def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
@@ -91,10 +102,11 @@ def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
             return planes[0]
         return np.stack(planes[::-1], axis=1).reshape(-1)
     word = np.dtype(f"<u{size}")
-    top = mbits % 8
-    exponent, sign_mantissa, *low = (p.astype(word) for p in planes)
-    words = ((sign_mantissa >> top) << (8 * size - 1)) | (exponent << mbits)
-    words |= (sign_mantissa & ((1 << top) - 1)) << (mbits - top)
-    for k, byte in zip(range(mbits // 8 - 1, -1, -1), low):
+    rest = mbits - TOP_MANTISSA_BITS
+    low_bits = rest % 8
+    head, sign_mantissa, *low = (p.astype(word) for p in planes)
+    words = ((sign_mantissa >> low_bits) << (8 * size - 1)) | (head << rest)
+    words |= (sign_mantissa & ((1 << low_bits) - 1)) << (rest - low_bits)
+    for k, byte in zip(range(rest // 8 - 1, -1, -1), low):
         words |= byte << (8 * k)
     return words.view(np.uint8)

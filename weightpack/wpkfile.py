@@ -178,7 +178,8 @@ class ArchiveReader:
         seg = self.tensors.get(name)
         return (seg.dtype, seg.shape) if seg else None
 
-    def _read(self, offset: int, size: int) -> np.ndarray:
+    def read(self, offset: int, size: int) -> np.ndarray:
+        """Stored bytes of the archive (for chunks, whose offsets the index has validated)."""
         return read_exact(self._file.fileno(), offset, size)
 
     def _source(self, seg: Segment):
@@ -245,7 +246,7 @@ class ArchiveReader:
                 refs = planes.split(source.tensor_bytes(seg.ref_name, k * step, k * step + n), seg.dtype)
             else:
                 refs = [None] * len(decoders)
-            parts = [d.chunk(k, n, self._read, r) for d, r in zip(decoders, refs)]
+            parts = [d.chunk(k, n, self.read, r) for d, r in zip(decoders, refs)]
             return parts[0] if seg.kind == KIND_BYTES else planes.merge(parts, seg.dtype)
         yield from _ordered_map(self.pool, stripe, jobs) if parallel else map(stripe, jobs)
 
