@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightpack import planes
@@ -23,6 +23,7 @@ def test_every_8_bit_pattern_survives_split_and_merge(dtype: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", sorted(planes.DTYPES))
+@settings(deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300))
 def test_random_words_of_every_dtype_survive(dtype: str, seed: int, n: int) -> None:
     size = planes.itemsize(dtype)

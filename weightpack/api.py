@@ -32,10 +32,9 @@ from tqdm import tqdm
 
 from . import manifest
 from .atomic import atomic_output, check_free
-from .codec import CHUNK_OWN, CHUNK_RAW, CHUNK_SHARED
 from .container import (
+    CHUNK_MODE_NAMES,
     CODEC_NAMES,
-    CODEC_RANS,
     KIND_TENSOR,
     REF_COPY,
     REF_NONE,
@@ -260,7 +259,7 @@ def info(src: str | os.PathLike) -> dict:
     with _about(src), _workers(1) as (pool, _), ArchiveReader(src, pool) as reader:
         index = reader.index
         file_size = src.stat().st_size
-        tensors = _describe_tensors(reader, index)
+        tensors = _describe_tensors(index)
     tensor_bytes = sum(t["original_bytes"] for t in tensors)
     return {
         "file": str(src), "original_bytes": index.original_size, "packed_bytes": file_size,
@@ -274,20 +273,12 @@ def info(src: str | os.PathLike) -> dict:
     }
 
 
-def _chunk_modes(reader: ArchiveReader, plane: PlaneRecord) -> dict[str, int]:
-    """How many chunks of a rANS plane use its shared table, a table of their own, or are stored raw."""
-    modes = {"shared": 0, "own": 0, "raw": 0}
-    if plane.codec != CODEC_RANS:
-        return modes
-    for c in plane.chunks:
-        mode = int(reader.read(c.offset, 1)[0]) if c.size else -1
-        name = {CHUNK_SHARED: "shared", CHUNK_OWN: "own", CHUNK_RAW: "raw"}.get(mode)
-        if name:
-            modes[name] += 1
-    return modes
+def _chunk_modes(plane: PlaneRecord) -> dict[str, int]:
+    """How many chunks of a plane use its table, a table of their own, or are stored raw."""
+    return {name: sum(c.mode == mode for c in plane.chunks) for mode, name in CHUNK_MODE_NAMES.items()}
 
 
-def _describe_tensors(reader: ArchiveReader, index: Index) -> list[dict]:
+def _describe_tensors(index: Index) -> list[dict]:
     tensors = []
     for seg in index.segments:
         if seg.kind != KIND_TENSOR:
@@ -297,7 +288,7 @@ def _describe_tensors(reader: ArchiveReader, index: Index) -> list[dict]:
                                                                  if p.transform else ""),
             "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
             "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
-            "chunks": _chunk_modes(reader, p),
+            "chunks": _chunk_modes(p),
         } for spec, p in zip(layout(seg.dtype), seg.planes)]
         tensors.append({
             "name": seg.name, "dtype": seg.dtype, "shape": list(seg.shape), "original_bytes": seg.length,

@@ -57,7 +57,7 @@ def _verify(args: argparse.Namespace) -> dict:
 
 def _modes(chunks: dict[str, int]) -> str:
     """Chunk modes of a rANS plane, shown only when not all chunks use the plane's table."""
-    if not chunks["own"] and not chunks["raw"]:
+    if (not chunks["own"] and not chunks["raw"]) or chunks["raw"] == sum(chunks.values()):
         return ""
     return "[" + ",".join(f"{n} {mode}" for mode, n in chunks.items() if n) + "]"
 

@@ -4,11 +4,12 @@ A plane is cut into chunks of ``CHUNK_SYMBOLS`` symbols that are coded independe
 work spreads over threads and damage stays local to one chunk. A rANS plane has one table fitted to
 the whole plane, and each chunk picks what costs it least, table bytes included:
 
-- ``CHUNK_SHARED``: rANS with the plane's table;
-- ``CHUNK_OWN``: rANS with a table of its own, when its statistics differ from the plane's (rows of
-  an embedding matrix differ in scale; parts of some F32 tensors carry fewer mantissa bits);
-- ``CHUNK_RAW``: the symbols bit-packed at the plane's width, when coding does not pay (decoding
-  is then a copy).
+- ``CHUNK_PLANE``: rANS with the plane's table;
+- ``CHUNK_OWN``: rANS with a table of its own (kept in the zstd-compressed index, where the tables
+  of neighbouring chunks compress against each other), when its statistics differ from the plane's:
+  rows of an embedding matrix differ in scale, parts of some F32 tensors carry fewer mantissa bits;
+- ``CHUNK_RAW``: the symbols bit-packed at the plane's width, when coding saves less than
+  ``MIN_CODING_GAIN`` (decoding is then a copy).
 
 A plane with one symbol value costs two bytes (``CODEC_CONST``); a plane no chunk can shrink is
 stored raw (``CODEC_RAW``, bit-packed).
@@ -20,12 +21,16 @@ import math
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 import zstandard
 
 from . import bitpack, rans
 from .container import (
+    CHUNK_OWN,
+    CHUNK_PLANE,
+    CHUNK_RAW,
     CODEC_CONST,
     CODEC_RANS,
     CODEC_RAW,
@@ -42,9 +47,17 @@ from .errors import FormatError, IntegrityError
 CHUNK_SYMBOLS = 1 << 18
 BYTES_CHUNK = 1 << 22  # verbatim runs (headers, gaps) go through zstd in chunks of 4 MiB
 ZSTD_LEVEL = 19
-CHUNK_SHARED, CHUNK_OWN, CHUNK_RAW = 0, 1, 2
-CHUNK_INDEX_BYTES = 16  # what one chunk adds to the index
-OWN_TABLE_MIN_PRECISION = 10  # finer than this is what pays for a chunk of 256 Ki symbols
+OWN_TABLE_MIN_PRECISION = 10  # coarser tables never pay for a chunk of 256 Ki symbols
+# Coding must save this share of a chunk's raw size, or the chunk is stored raw: a raw chunk decodes
+# as a copy, several times faster than rANS, and near-random planes (low mantissa bits) gain ~0.1%.
+MIN_CODING_GAIN = 0.01
+
+
+@dataclass
+class EncodedChunk:
+    payload: bytes
+    mode: int = CHUNK_PLANE
+    table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN), stored in the index
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -69,7 +82,7 @@ def invert_transform(transform: int, coded: np.ndarray, reference: np.ndarray, b
 
 
 def encode_plane(symbols: np.ndarray, bits: int, pool: Executor,
-                 reference: np.ndarray | None = None) -> tuple[PlaneRecord, list[bytes]]:
+                 reference: np.ndarray | None = None) -> tuple[PlaneRecord, list[EncodedChunk]]:
     """Code one plane; return its record (chunks without offsets yet) and the chunk payloads in order.
 
     With a ``reference`` (the same plane of a base tensor) the plane is coded as is, XORed with the
@@ -91,10 +104,11 @@ def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> bytes:
     return out[rans.encode(symbols, table.encoder_table(), out):].tobytes()
 
 
-def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> bytes:
-    """One chunk in whichever of the three modes is estimated smallest."""
+def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> EncodedChunk:
+    """One chunk in whichever mode is estimated smallest (raw unless coding saves MIN_CODING_GAIN)."""
     counts = histogram(symbols, bits)
-    costs = {CHUNK_SHARED: shared.coded_bits(counts), CHUNK_RAW: symbols.size * bits}
+    raw = symbols.size * bits
+    costs = {CHUNK_PLANE: shared.coded_bits(counts), CHUNK_RAW: raw * (1 - MIN_CODING_GAIN)}
     own = None
     if entropy_bits(counts) + 8 * int((counts > 0).sum()) < min(costs.values()):  # a table of its own may pay
         own = FrequencyTable.fit(counts, OWN_TABLE_MIN_PRECISION)
@@ -102,14 +116,13 @@ def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> byt
             costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (len(own.to_bytes()) + 2)
     mode = min(costs, key=costs.get)
     if mode == CHUNK_RAW:
-        return bytes([CHUNK_RAW]) + bitpack.pack(symbols, bits)
+        return EncodedChunk(bitpack.pack(symbols, bits), CHUNK_RAW)
     if mode == CHUNK_OWN:
-        table = own.to_bytes()
-        return bytes([CHUNK_OWN]) + len(table).to_bytes(2, "little") + table + _rans_stream(symbols, own)
-    return bytes([CHUNK_SHARED]) + _rans_stream(symbols, shared)
+        return EncodedChunk(_rans_stream(symbols, own), CHUNK_OWN, own.to_bytes())
+    return EncodedChunk(_rans_stream(symbols, shared))
 
 
-def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
+def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[EncodedChunk]]:
     counts = histogram(symbols, bits)
     bound = math.ceil(entropy_bits(counts))
     present = np.flatnonzero(counts)
@@ -120,24 +133,25 @@ def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[Pla
     table = FrequencyTable.fit(counts) if present.size else None
     if table is not None:
         params = table.to_bytes()
-        if table.coded_bits(counts) / 8 + len(params) + (rans.HEADER_BYTES + 1) * len(slices) < raw_bytes:
-            payloads = list(pool.map(lambda s: _encode_chunk(symbols[s], bits, table), slices))
-            if sum(map(len, payloads)) + len(params) < raw_bytes:
-                if all(p[0] != CHUNK_SHARED for p in payloads):
+        if table.coded_bits(counts) / 8 + len(params) + rans.HEADER_BYTES * len(slices) < raw_bytes:
+            chunks = list(pool.map(lambda s: _encode_chunk(symbols[s], bits, table), slices))
+            if any(c.mode != CHUNK_RAW for c in chunks):
+                if all(c.mode != CHUNK_PLANE for c in chunks):
                     params = b""
-                return PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, params), payloads
+                return PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, params), chunks
     return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
-            [bitpack.pack(symbols[s], bits) for s in slices])
+            [EncodedChunk(bitpack.pack(symbols[s], bits)) for s in slices])
 
 
-def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[bytes]]:
+def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[EncodedChunk]]:
     """Verbatim bytes (safetensors header, gaps): zstd per chunk, or raw where zstd does not pay."""
     slices = _chunks(len(data), BYTES_CHUNK)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True)
     packed = list(pool.map(lambda s: compressor.compress(data[s].tobytes()), slices)) if slices else []
     if sum(map(len, packed)) < len(data):
-        return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), packed
-    return PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""), [data[s].tobytes() for s in slices]
+        return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), [EncodedChunk(p) for p in packed]
+    return (PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""),
+            [EncodedChunk(data[s].tobytes()) for s in slices])
 
 
 class _Decoder:
@@ -199,24 +213,15 @@ class PlaneDecoder:
             raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
         if self.plane.codec == CODEC_ZSTD:
             return np.frombuffer(unzstd(data, n, f"{self.where}: zstd chunk"), np.uint8)
-        if self.plane.codec == CODEC_RAW:
+        if self.plane.codec == CODEC_RAW or info.mode == CHUNK_RAW:
             return self._raw(data, n, info.offset)
-        if data.size < 1 or data[0] not in (CHUNK_SHARED, CHUNK_OWN, CHUNK_RAW):
-            raise FormatError(f"{self.where}: chunk at offset {info.offset} has an unknown mode")
-        mode, body = data[0], data[1:]
-        if mode == CHUNK_RAW:
-            return self._raw(body, n, info.offset)
-        if mode == CHUNK_SHARED:
-            decoder = self.shared
-            if decoder is None:
-                raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
+        if info.mode == CHUNK_OWN:
+            decoder = _Decoder(self._table(info.table), self.dtype)
+        elif self.shared is None:
+            raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
         else:
-            length = int(body[0]) | int(body[1]) << 8 if body.size >= 2 else body.size + 1
-            if 2 + length > body.size:
-                raise FormatError(f"{self.where}: chunk at offset {info.offset} has a truncated table")
-            decoder = _Decoder(self._table(body[2:2 + length].tobytes()), self.dtype)
-            body = body[2 + length:]
-        out = decoder.decode(body, n, self.dtype)
+            decoder = self.shared
+        out = decoder.decode(data, n, self.dtype)
         if out is None:
             raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
         return out

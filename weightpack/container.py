@@ -23,9 +23,13 @@ FOOTER_MAGIC = b"WPKINDEX"
 VERSION = 1
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, reserved
 FOOTER = struct.Struct("<QQQII8s")  # index offset, stored length, raw length, index crc32, footer crc32, magic
-CHUNK = struct.Struct("<QII")  # offset, stored size, crc32
+CHUNK = struct.Struct("<QIIB")  # offset, stored size, crc32, mode
 
 CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
+# How a chunk of a rANS plane is stored: with the plane's table, with its own table, or raw (bit-packed).
+# Chunks of other codecs are always CHUNK_PLANE.
+CHUNK_PLANE, CHUNK_OWN, CHUNK_RAW = 0, 1, 2
+CHUNK_MODE_NAMES = {CHUNK_PLANE: "plane", CHUNK_OWN: "own", CHUNK_RAW: "raw"}
 CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC_ZSTD: "zstd"}
 KIND_BYTES, KIND_TENSOR = 0, 1
 REF_NONE, REF_COPY, REF_DELTA = 0, 1, 2  # a tensor stored whole, as a copy of another, or as a delta to it
@@ -47,6 +51,8 @@ class Chunk:
     offset: int
     size: int
     crc32: int
+    mode: int = CHUNK_PLANE
+    table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN)
 
 
 @dataclass
@@ -63,7 +69,7 @@ class PlaneRecord:
 
     @property
     def stored_bytes(self) -> int:
-        return sum(c.size for c in self.chunks) + len(self.params)
+        return sum(c.size + len(c.table) for c in self.chunks) + len(self.params)
 
 
 @dataclass
@@ -113,7 +119,9 @@ def write_preamble(out: BinaryIO) -> None:
 def _plane_bytes(plane: PlaneRecord) -> bytes:
     head = struct.pack("<BBBQII", plane.codec, plane.transform, plane.bits, plane.bound_bits, plane.chunk_symbols,
                        len(plane.params))
-    chunks = b"".join(CHUNK.pack(c.offset, c.size, c.crc32) for c in plane.chunks)
+    chunks = b"".join(CHUNK.pack(c.offset, c.size, c.crc32, c.mode)
+                      + (struct.pack("<H", len(c.table)) + c.table if c.mode == CHUNK_OWN else b"")
+                      for c in plane.chunks)
     return head + plane.params + struct.pack("<I", len(plane.chunks)) + chunks
 
 
@@ -207,10 +215,16 @@ def _read_plane(cur: _Cursor, count: int, payload_end: int) -> PlaneRecord:
         expected = -(-count // chunk_symbols)
     if n_chunks != expected:
         raise FormatError(f"plane has {n_chunks} chunks, expected {expected}")
-    chunks = [Chunk(*CHUNK.unpack(cur.take(CHUNK.size))) for _ in range(n_chunks)]
-    for c in chunks:
+    chunks = []
+    for _ in range(n_chunks):
+        c = Chunk(*CHUNK.unpack(cur.take(CHUNK.size)))
+        if c.mode not in CHUNK_MODE_NAMES or (c.mode != CHUNK_PLANE and codec != CODEC_RANS):
+            raise FormatError(f"chunk mode {c.mode} is invalid for codec {codec}")
+        if c.mode == CHUNK_OWN:
+            c.table = cur.take(cur.unpack("H")[0])
         if c.offset < PREAMBLE.size or c.offset + c.size > payload_end:
             raise FormatError("chunk lies outside the payload")
+        chunks.append(c)
     return PlaneRecord(codec, bits, bound_bits, chunk_symbols, params, chunks, transform)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .errors import FormatError
 
@@ -68,12 +69,30 @@ def layout(dtype: str) -> list[Plane]:
             + [Plane(f"mantissa_{k}", 8) for k in range(rest // 8 - 1, -1, -1)])
 
 
+@njit(cache=True, nogil=True)
+def _split_float(words: np.ndarray, rest: int, head_bits: int, low_bits: int, head: np.ndarray,
+                 sign_mantissa: np.ndarray) -> None:
+    top = np.uint64(8 * words.itemsize - 1)
+    rest_, low_bits_ = np.uint64(rest), np.uint64(low_bits)
+    head_mask, low_mask = np.uint64((1 << head_bits) - 1), np.uint64((1 << low_bits) - 1)
+    for i in range(words.size):
+        w = np.uint64(words[i])
+        head[i] = (w >> rest_) & head_mask
+        sign_mantissa[i] = ((w >> top) << low_bits_) | ((w >> (rest_ - low_bits_)) & low_mask)
+
+
+@njit(cache=True, nogil=True)
+def _merge_float(head: np.ndarray, sign_mantissa: np.ndarray, rest: int, low_bits: int, words: np.ndarray) -> None:
+    top = np.uint64(8 * words.itemsize - 1)
+    rest_, low_bits_ = np.uint64(rest), np.uint64(low_bits)
+    low_mask = np.uint64((1 << low_bits) - 1)
+    for i in range(words.size):
+        sm = np.uint64(sign_mantissa[i])
+        words[i] = ((sm >> low_bits_) << top) | (np.uint64(head[i]) << rest_) | ((sm & low_mask) << (rest_ - low_bits_))
+
+
 def _words(data: np.ndarray, size: int) -> np.ndarray:
     return data.view(np.dtype(f"<u{size}"))
-
-
-def _narrow(values: np.ndarray, bits: int) -> np.ndarray:
-    return values.astype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
@@ -86,12 +105,12 @@ def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
         return [np.ascontiguousarray(columns[:, k]) for k in range(size - 1, -1, -1)]
     words = _words(data, size)
     rest = mbits - TOP_MANTISSA_BITS
-    low_bits = rest % 8
-    head = _narrow((words >> rest) & ((1 << (ebits + TOP_MANTISSA_BITS)) - 1), ebits + TOP_MANTISSA_BITS)
-    sign = words >> (8 * size - 1)
-    sign_mantissa = ((sign << low_bits) | ((words >> (rest - low_bits)) & ((1 << low_bits) - 1))).astype(np.uint8)
-    low = [((words >> (8 * k)) & 0xFF).astype(np.uint8) for k in range(rest // 8 - 1, -1, -1)]
-    return [head, sign_mantissa, *low]
+    head_bits = ebits + TOP_MANTISSA_BITS
+    head = np.empty(words.size, np.uint8 if head_bits <= 8 else np.uint16)
+    sign_mantissa = np.empty(words.size, np.uint8)
+    _split_float(words, rest, head_bits, rest % 8, head, sign_mantissa)
+    columns = data.reshape(-1, size)  # the low mantissa bytes are whole bytes of each word
+    return [head, sign_mantissa, *(np.ascontiguousarray(columns[:, k]) for k in range(rest // 8 - 1, -1, -1))]
 
 
 def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
@@ -101,12 +120,11 @@ def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
         if size == 1:
             return planes[0]
         return np.stack(planes[::-1], axis=1).reshape(-1)
-    word = np.dtype(f"<u{size}")
     rest = mbits - TOP_MANTISSA_BITS
-    low_bits = rest % 8
-    head, sign_mantissa, *low = (p.astype(word) for p in planes)
-    words = ((sign_mantissa >> low_bits) << (8 * size - 1)) | (head << rest)
-    words |= (sign_mantissa & ((1 << low_bits) - 1)) << (rest - low_bits)
+    head, sign_mantissa, *low = planes
+    words = np.empty(head.size, np.dtype(f"<u{size}"))
+    _merge_float(head, sign_mantissa, rest, rest % 8, words)
+    columns = words.view(np.uint8).reshape(-1, size)
     for k, byte in zip(range(rest // 8 - 1, -1, -1), low):
-        words |= byte << (8 * k)
+        columns[:, k] = byte
     return words.view(np.uint8)

@@ -125,11 +125,11 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
                 seg, coded = Segment(KIND_BYTES, end - start, []), [codec.encode_bytes(data, pool)]
             else:
                 seg, coded = _tensor_segment(src, data, tensor, pool, base, dedup, archive, sources)
-            for record, payloads in coded:
-                for payload in payloads:
-                    record.chunks.append(Chunk(offset, len(payload), zlib.crc32(payload)))
-                    out.write(payload)
-                    offset += len(payload)
+            for record, chunks in coded:
+                for c in chunks:
+                    record.chunks.append(Chunk(offset, len(c.payload), zlib.crc32(c.payload), c.mode, c.table))
+                    out.write(c.payload)
+                    offset += len(c.payload)
                 seg.planes.append(record)
             segments.append(seg)
             progress(end - start)
