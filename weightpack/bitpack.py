@@ -30,6 +30,33 @@ def _pack(symbols: np.ndarray, bits: int, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _pack_groups(symbols: np.ndarray, bits: int, out: np.ndarray) -> int:
+    """Fast path for widths up to 8: every 8 symbols fill exactly ``bits`` bytes, written as one word."""
+    groups = symbols.size // 8
+    for g in range(groups):
+        word = np.int64(0)
+        for j in range(8):
+            word |= np.int64(symbols[g * 8 + j]) << (j * bits)
+        for k in range(bits):
+            out[g * bits + k] = (word >> (8 * k)) & 0xFF
+    return groups * 8
+
+
+@njit(cache=True, nogil=True)
+def _unpack_groups(data: np.ndarray, bits: int, out: np.ndarray) -> int:
+    """Fast path for widths up to 8: every 8 symbols fill exactly ``bits`` bytes, read as one word."""
+    mask = (1 << bits) - 1
+    groups = out.size // 8
+    for g in range(groups):
+        word = np.int64(0)
+        for k in range(bits):
+            word |= np.int64(data[g * bits + k]) << (8 * k)
+        for j in range(8):
+            out[g * 8 + j] = (word >> (j * bits)) & mask
+    return groups * 8
+
+
+@njit(cache=True, nogil=True)
 def _unpack(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
     acc, filled, pos = np.int64(0), 0, 0
     mask = (1 << bits) - 1
@@ -51,7 +78,8 @@ def pack(symbols: np.ndarray, bits: int) -> bytes:
     if bits in (8, 16):
         return symbols.astype(symbols.dtype.newbyteorder("<"), copy=False).tobytes()
     out = np.zeros(packed_size(symbols.size, bits), np.uint8)
-    _pack(symbols, bits, out)
+    done = _pack_groups(symbols, bits, out) if bits < 8 else 0
+    _pack(symbols[done:], bits, out[done * bits // 8:])
     return out.tobytes()
 
 
@@ -63,4 +91,5 @@ def unpack(data: np.ndarray, bits: int, n: int) -> np.ndarray | None:
     if bits in (8, 16):
         return data.view(dtype.newbyteorder("<")).astype(dtype, copy=False)
     out = np.empty(n, dtype)
-    return out if _unpack(data, bits, out) else None
+    done = _unpack_groups(data, bits, out) if bits < 8 else 0
+    return out if _unpack(data[done * bits // 8:], bits, out[done:]) else None

@@ -81,7 +81,12 @@ def invert_transform(transform: int, coded: np.ndarray, reference: np.ndarray, b
     return coded
 
 
-def encode_plane(symbols: np.ndarray, bits: int, pool: Executor,
+def _map(pool: Executor | None, func: Callable, items: list) -> list:
+    """``pool.map``, or a plain map in this thread when there is no pool (already on a worker)."""
+    return list(pool.map(func, items) if pool is not None else map(func, items))
+
+
+def encode_plane(symbols: np.ndarray, bits: int, pool: Executor | None,
                  reference: np.ndarray | None = None) -> tuple[PlaneRecord, list[EncodedChunk]]:
     """Code one plane; return its record (chunks without offsets yet) and the chunk payloads in order.
 
@@ -113,7 +118,7 @@ def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> Enc
     if entropy_bits(counts) + 8 * int((counts > 0).sum()) < min(costs.values()):  # a table of its own may pay
         own = FrequencyTable.fit(counts, OWN_TABLE_MIN_PRECISION)
         if own is not None:
-            costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (len(own.to_bytes()) + 2)
+            costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (own.serialized_size() + 2)
     mode = min(costs, key=costs.get)
     if mode == CHUNK_RAW:
         return EncodedChunk(bitpack.pack(symbols, bits), CHUNK_RAW)
@@ -122,7 +127,8 @@ def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> Enc
     return EncodedChunk(_rans_stream(symbols, shared))
 
 
-def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[PlaneRecord, list[EncodedChunk]]:
+def _encode_symbols(symbols: np.ndarray, bits: int,
+                    pool: Executor | None) -> tuple[PlaneRecord, list[EncodedChunk]]:
     counts = histogram(symbols, bits)
     bound = math.ceil(entropy_bits(counts))
     present = np.flatnonzero(counts)
@@ -134,7 +140,7 @@ def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[Pla
     if table is not None:
         params = table.to_bytes()
         if table.coded_bits(counts) / 8 + len(params) + rans.HEADER_BYTES * len(slices) < raw_bytes:
-            chunks = list(pool.map(lambda s: _encode_chunk(symbols[s], bits, table), slices))
+            chunks = _map(pool, lambda s: _encode_chunk(symbols[s], bits, table), slices)
             if any(c.mode != CHUNK_RAW for c in chunks):
                 if all(c.mode != CHUNK_PLANE for c in chunks):
                     params = b""
@@ -143,11 +149,11 @@ def _encode_symbols(symbols: np.ndarray, bits: int, pool: Executor) -> tuple[Pla
             [EncodedChunk(bitpack.pack(symbols[s], bits)) for s in slices])
 
 
-def encode_bytes(data: np.ndarray, pool: Executor) -> tuple[PlaneRecord, list[EncodedChunk]]:
+def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[PlaneRecord, list[EncodedChunk]]:
     """Verbatim bytes (safetensors header, gaps): zstd per chunk, or raw where zstd does not pay."""
     slices = _chunks(len(data), BYTES_CHUNK)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True)
-    packed = list(pool.map(lambda s: compressor.compress(data[s].tobytes()), slices)) if slices else []
+    packed = _map(pool, lambda s: compressor.compress(data[s].tobytes()), slices)
     if sum(map(len, packed)) < len(data):
         return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), [EncodedChunk(p) for p in packed]
     return (PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""),

@@ -74,14 +74,30 @@ def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
 RANS_LOSS_BITS = 0.0035
 
 
+@njit(cache=True, nogil=True)
+def _read_leb128(data: np.ndarray, pos: int, values: np.ndarray) -> int:
+    """Read ``values.size`` LEB128 numbers (at most 3 bytes each) from ``pos``; return the end, or -1."""
+    for i in range(values.size):
+        current, shift = 0, 0
+        while True:
+            if pos >= data.size or shift > 14:
+                return -1
+            byte = np.int64(data[pos])
+            pos += 1
+            current |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        values[i] = current
+    return pos
+
+
 def _leb128(values: np.ndarray) -> bytes:
-    out = bytearray()
-    for v in values.tolist():
-        while v >= 0x80:
-            out.append((v & 0x7F) | 0x80)
-            v >>= 7
-        out.append(v)
-    return bytes(out)
+    """Values below 2**21 as LEB128: 7 bits a byte, least significant first, high bit = more follows."""
+    length = 1 + (values >= 1 << 7) + (values >= 1 << 14)
+    groups = np.stack([values & 0x7F, (values >> 7) & 0x7F, (values >> 14) & 0x7F], axis=1)
+    groups[:, :2] |= np.where(np.arange(2) < (length - 1)[:, None], 0x80, 0)
+    return groups[np.arange(3) < length[:, None]].astype(np.uint8).tobytes()
 
 
 @dataclass(frozen=True)
@@ -100,18 +116,27 @@ class FrequencyTable:
         n_present = int((counts > 0).sum())
         lowest = max(min_precision, math.ceil(math.log2(max(n_present, 1))))
         best, best_cost = None, math.inf
-        for precision in range(lowest, rans.MAX_PRECISION + 1):
+        # The cost is close to convex in the precision: walk down from the finest, stop once it rises.
+        for precision in range(rans.MAX_PRECISION, lowest - 1, -1):
             table = cls(precision, _normalise(counts, precision))
             loss = RANS_LOSS_BITS * 4.0 ** (precision - rans.MAX_PRECISION) * float(counts.sum())
-            cost = table.coded_bits(counts) + loss + 8 * len(table.to_bytes())
+            cost = table.coded_bits(counts) + loss + 8 * table.serialized_size()
             if cost < best_cost:
                 best, best_cost = table, cost
+            elif precision < best.precision - 1:
+                break
         return best
 
     def coded_bits(self, counts: np.ndarray) -> float:
         """Bits the rANS coder spends on symbols with these counts (excluding renormalisation flush)."""
         used = counts > 0
         return float((counts[used] * (self.precision - np.log2(self.freq[used]))).sum())
+
+    def serialized_size(self) -> int:
+        """``len(self.to_bytes())``, without building the bytes."""
+        present = np.flatnonzero(self.freq)
+        f = self.freq[present]
+        return int(5 + (present[-1] - present[0] + 8) // 8 + present.size + (f >= 128).sum() + (f >= 16384).sum())
 
     def to_bytes(self) -> bytes:
         present = np.flatnonzero(self.freq)
@@ -134,19 +159,9 @@ class FrequencyTable:
             raise FormatError("frequency table is truncated")
         bits = np.unpackbits(np.frombuffer(data, np.uint8, end - 5, 5), bitorder="little")[:span]
         present = np.flatnonzero(bits) + first
-        values, shift, pos, current = [], 0, end, 0
-        while len(values) < present.size:
-            if pos >= len(data) or shift > 14:
-                raise FormatError("frequency table is truncated or malformed")
-            byte = data[pos]
-            pos += 1
-            current |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                values.append(current)
-                current, shift = 0, 0
-        if pos != len(data):
-            raise FormatError("frequency table has trailing bytes")
+        values = np.zeros(present.size, np.int64)
+        if _read_leb128(np.frombuffer(data, np.uint8), end, values) != len(data):
+            raise FormatError("frequency table is truncated, malformed or has trailing bytes")
         freq = np.zeros(1 << width, np.int64)
         freq[present] = values
         if present.size == 0 or int(freq.sum()) != 1 << precision or (freq[present] == 0).any():

@@ -7,11 +7,12 @@ is read and processed one tensor at a time: memory stays bounded by the largest 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +33,7 @@ from .container import (
     SOURCE_SIBLING,
     Chunk,
     Index,
+    PlaneRecord,
     Segment,
     Source,
     read_index,
@@ -75,9 +77,15 @@ class _Sources:
         return len(self.list) - 1
 
 
-def _tensor_segment(src: Path, data: np.ndarray, tensor: TensorEntry, pool: Executor, base: BaseSet | None,
-                    dedup: Dedup | None, archive: str, sources: _Sources) -> tuple[Segment, list]:
-    """The segment of one tensor: a copy of one seen before, a delta to the base, or coded whole."""
+Coded = list[tuple[PlaneRecord, list[codec.EncodedChunk]]]
+PARALLEL_CHUNKS = 4  # tensors with more chunks than this spread their chunks over the pool
+
+
+def _tensor_segment(src: Path, data: np.ndarray, tensor: TensorEntry, base: BaseSet | None,
+                    dedup: Dedup | None, archive: str,
+                    sources: _Sources) -> tuple[Segment, Callable[[Executor | None], Coded]]:
+    """The segment of one tensor (a copy of one seen before, a delta to the base, or coded whole),
+    and the coding work still to do, as a function of the executor to spread its chunks over."""
     seg = Segment(KIND_TENSOR, data.size, [], tensor.name, tensor.dtype, tensor.shape)
     seen = dedup.find(data, tensor) if dedup is not None else None
     if seen is not None:
@@ -85,22 +93,26 @@ def _tensor_segment(src: Path, data: np.ndarray, tensor: TensorEntry, pool: Exec
         if seen.archive != archive:
             rel = os.path.relpath(seen.archive, start=os.path.dirname(archive) or ".")
             seg.source = sources.index(SOURCE_SIBLING, Path(rel).as_posix(), dedup.sha256[seen.archive])
-        return seg, []
+        return seg, lambda pool: []
     if dedup is not None:
         dedup.add(data, Stored(archive, src, tensor))
     specs = planes.layout(tensor.dtype)
     base_file = base.match(tensor.name, tensor.dtype, tensor.shape) if base is not None else None
-    if base_file is None:
-        return seg, [codec.encode_plane(p, spec.bits, pool) for p, spec in zip(planes.split(data, tensor.dtype), specs)]
-    seg.source = sources.index(SOURCE_BASE, base.names[base_file], base_file.sha256)
-    seg.ref_name = tensor.name
-    reference = base_file.tensor_bytes(tensor.name, 0, seg.count)
-    if np.array_equal(reference, data):
-        seg.ref = REF_COPY
-        return seg, []
-    seg.ref = REF_DELTA
-    return seg, [codec.encode_plane(p, spec.bits, pool, r) for p, r, spec in
-                 zip(planes.split(data, tensor.dtype), planes.split(reference, tensor.dtype), specs)]
+    references = [None] * len(specs)
+    if base_file is not None:
+        seg.source = sources.index(SOURCE_BASE, base.names[base_file], base_file.sha256)
+        seg.ref_name = tensor.name
+        reference = base_file.tensor_bytes(tensor.name, 0, seg.count)
+        if np.array_equal(reference, data):
+            seg.ref = REF_COPY
+            return seg, lambda pool: []
+        seg.ref = REF_DELTA
+        references = planes.split(reference, tensor.dtype)
+
+    def code(pool: Executor | None) -> Coded:
+        return [codec.encode_plane(p, spec.bits, pool, r)
+                for p, r, spec in zip(planes.split(data, tensor.dtype), references, specs)]
+    return seg, code
 
 
 def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = lambda n: None,
@@ -110,29 +122,48 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
     ``base``: code tensors matching a base tensor (name, dtype, shape) as a delta to it. ``dedup``:
     store tensors identical to one stored before (in this file, or in an earlier archive of the
     same pack run; ``archive`` is this one's path in the packed folder) as a copy of it.
+
+    Small tensors are coded whole on worker threads, several side by side; a large tensor is coded
+    with its chunks spread over the pool. Output is written in file order either way, and memory
+    holds at most the largest tensor plus a window of small ones.
     """
     spans = list(_spans(src))
     digest = hashlib.sha256()
     segments: list[Segment] = []
     sources = _Sources()
+    pending: deque[tuple[Segment, Future]] = deque()
     write_preamble(out)
     offset = PREAMBLE.size
+
+    def emit(seg: Segment, coded: Coded) -> None:
+        nonlocal offset
+        for record, chunks in coded:
+            for c in chunks:
+                record.chunks.append(Chunk(offset, len(c.payload), zlib.crc32(c.payload), c.mode, c.table))
+                out.write(c.payload)
+                offset += len(c.payload)
+            seg.planes.append(record)
+        segments.append(seg)
+
     with open(src, "rb") as f:
         for start, end, tensor in spans:
             data = read_exact(f.fileno(), start, end - start)
             digest.update(data)
             if tensor is None:
-                seg, coded = Segment(KIND_BYTES, end - start, []), [codec.encode_bytes(data, pool)]
+                seg, code = Segment(KIND_BYTES, end - start, []), lambda p, d=data: [codec.encode_bytes(d, p)]
             else:
-                seg, coded = _tensor_segment(src, data, tensor, pool, base, dedup, archive, sources)
-            for record, chunks in coded:
-                for c in chunks:
-                    record.chunks.append(Chunk(offset, len(c.payload), zlib.crc32(c.payload), c.mode, c.table))
-                    out.write(c.payload)
-                    offset += len(c.payload)
-                seg.planes.append(record)
-            segments.append(seg)
+                seg, code = _tensor_segment(src, data, tensor, base, dedup, archive, sources)
+            if seg.count > PARALLEL_CHUNKS * codec.CHUNK_SYMBOLS:
+                while pending:
+                    emit(pending[0][0], pending.popleft()[1].result())
+                emit(seg, code(pool))
+            else:
+                pending.append((seg, pool.submit(code, None)))
+                while len(pending) > 2 * PARALLEL_CHUNKS:
+                    emit(pending[0][0], pending.popleft()[1].result())
             progress(end - start)
+        while pending:
+            emit(pending[0][0], pending.popleft()[1].result())
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
     write_index(out, index, offset)
     if dedup is not None:
@@ -223,23 +254,18 @@ class ArchiveReader:
         """
         return self.segment_bytes(self.tensors[name], first, end, parallel=False)
 
-    def stripes(self, seg: Segment, first: int = 0, end: int | None = None,
-                parallel: bool = True) -> Iterator[np.ndarray]:
-        """The original bytes of one segment, one chunk-sized stripe at a time, every checksum verified.
+    def _stripe_jobs(self, seg: Segment, first: int = 0, end: int | None = None) -> list[Callable[[], np.ndarray]]:
+        """One job per stripe holding elements ``first`` to ``end`` of a segment; each returns its bytes.
 
-        Stripe ``k`` is chunk ``k`` of every plane, merged; only the stripes holding elements
-        ``first`` to ``end`` are decoded. Stripes are decoded in parallel, a bounded window ahead of
-        the consumer, so memory stays bounded by the chunk size, not by the tensor size.
+        Stripe ``k`` is chunk ``k`` of every plane, merged: jobs are independent and can run on any thread.
         """
         where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
         source = self._source(seg) if seg.ref != REF_NONE else None
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
         step = self.stripe_elements(seg)
         end = seg.count if end is None else end
-        jobs = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
 
-        def stripe(job: tuple[int, int]) -> np.ndarray:
-            k, n = job
+        def stripe(k: int, n: int) -> np.ndarray:
             if seg.ref == REF_COPY:
                 return source.tensor_bytes(seg.ref_name, k * step, k * step + n)
             if seg.ref == REF_DELTA:
@@ -248,7 +274,18 @@ class ArchiveReader:
                 refs = [None] * len(decoders)
             parts = [d.chunk(k, n, self.read, r) for d, r in zip(decoders, refs)]
             return parts[0] if seg.kind == KIND_BYTES else planes.merge(parts, seg.dtype)
-        yield from _ordered_map(self.pool, stripe, jobs) if parallel else map(stripe, jobs)
+        return [functools.partial(stripe, k, min(step, seg.count - k * step))
+                for k in range(first // step, -(-end // step))]
+
+    def stripes(self, seg: Segment, first: int = 0, end: int | None = None,
+                parallel: bool = True) -> Iterator[np.ndarray]:
+        """The original bytes of one segment, one chunk-sized stripe at a time, every checksum verified.
+
+        Only the stripes holding elements ``first`` to ``end`` are decoded, in parallel, a bounded
+        window ahead of the consumer, so memory stays bounded by the chunk size, not the tensor size.
+        """
+        jobs = self._stripe_jobs(seg, first, end)
+        yield from _ordered_map(self.pool, jobs) if parallel else (job() for job in jobs)
 
     @staticmethod
     def stripe_elements(seg: Segment) -> int:
@@ -267,22 +304,22 @@ class ArchiveReader:
     def restore(self, out: BinaryIO | None, progress: Progress = lambda n: None) -> None:
         """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""
         digest = hashlib.sha256()
-        for seg in self.index.segments:
-            for data in self.stripes(seg):
-                digest.update(data)
-                if out is not None:
-                    out.write(data)
-                progress(data.size)
+        jobs = (job for seg in self.index.segments for job in self._stripe_jobs(seg))
+        for data in _ordered_map(self.pool, jobs):  # stripes of small tensors decode side by side too
+            digest.update(data)
+            if out is not None:
+                out.write(data)
+            progress(data.size)
         if digest.digest() != self.index.original_sha256:
             raise IntegrityError("restored bytes do not match the original sha256")
 
 
-def _ordered_map(pool: Executor, func: Callable, jobs: list, window: int = 8) -> Iterator:
-    """``pool.map`` that keeps at most ``window`` results in flight, yielding them in order."""
+def _ordered_map(pool: Executor, jobs: Iterable[Callable[[], object]], window: int = 8) -> Iterator:
+    """Run jobs on the pool, at most ``window`` in flight, yielding their results in order."""
     pending: deque[Future] = deque()
     try:
         for job in jobs:
-            pending.append(pool.submit(func, job))
+            pending.append(pool.submit(job))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
