@@ -17,9 +17,10 @@ stored raw (``CODEC_RAW``, bit-packed).
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from .container import (
 )
 from .entropy import FrequencyTable, entropy_bits, histogram
 from .errors import FormatError, IntegrityError
+from .parallel import ordered_map
 
 CHUNK_SYMBOLS = 1 << 18
 BYTES_CHUNK = 1 << 22  # verbatim runs (headers, gaps) go through zstd in chunks of 4 MiB
@@ -81,14 +83,13 @@ def invert_transform(transform: int, coded: np.ndarray, reference: np.ndarray, b
     return coded
 
 
-def _map(pool: Executor | None, func: Callable, items: list) -> list:
-    """``pool.map``, or a plain map in this thread when there is no pool (already on a worker)."""
-    return list(pool.map(func, items) if pool is not None else map(func, items))
-
-
 def encode_plane(symbols: np.ndarray, bits: int, pool: Executor | None,
-                 reference: np.ndarray | None = None) -> tuple[PlaneRecord, list[EncodedChunk]]:
-    """Code one plane; return its record (chunks without offsets yet) and the chunk payloads in order.
+                 reference: np.ndarray | None = None) -> tuple[PlaneRecord, Iterator[EncodedChunk]]:
+    """Code one plane; return its record (chunks without offsets yet) and its chunks, in order.
+
+    The chunks are produced lazily, a bounded window ahead on ``pool`` (or in this thread if None),
+    so a caller writing them out as they come holds only a few in memory. The record is final once
+    they have all been consumed.
 
     With a ``reference`` (the same plane of a base tensor) the plane is coded as is, XORed with the
     reference, or as its difference modulo ``2**bits``: whichever has the lowest order-0 entropy.
@@ -128,7 +129,7 @@ def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> Enc
 
 
 def _encode_symbols(symbols: np.ndarray, bits: int,
-                    pool: Executor | None) -> tuple[PlaneRecord, list[EncodedChunk]]:
+                    pool: Executor | None) -> tuple[PlaneRecord, Iterator[EncodedChunk]]:
     counts = histogram(symbols, bits)
     bound = math.ceil(entropy_bits(counts))
     present = np.flatnonzero(counts)
@@ -138,22 +139,29 @@ def _encode_symbols(symbols: np.ndarray, bits: int,
     raw_bytes = bitpack.packed_size(symbols.size, bits)
     table = FrequencyTable.fit(counts) if present.size else None
     if table is not None:
-        params = table.to_bytes()
-        if table.coded_bits(counts) / 8 + len(params) + rans.HEADER_BYTES * len(slices) < raw_bytes:
-            chunks = _map(pool, lambda s: _encode_chunk(symbols[s], bits, table), slices)
-            if any(c.mode != CHUNK_RAW for c in chunks):
-                if all(c.mode != CHUNK_PLANE for c in chunks):
-                    params = b""
-                return PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, params), chunks
+        record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
+        if table.coded_bits(counts) / 8 + len(record.params) + rans.HEADER_BYTES * len(slices) < raw_bytes:
+            jobs = (functools.partial(_encode_chunk, symbols[s], bits, table) for s in slices)
+            return record, _drop_unused_table(record, ordered_map(pool, jobs))
     return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
-            [EncodedChunk(bitpack.pack(symbols[s], bits)) for s in slices])
+            (EncodedChunk(bitpack.pack(symbols[s], bits)) for s in slices))
+
+
+def _drop_unused_table(record: PlaneRecord, chunks: Iterator[EncodedChunk]) -> Iterator[EncodedChunk]:
+    """Pass the chunks through; once all are seen, drop the plane's table if none of them used it."""
+    used = False
+    for chunk in chunks:
+        used |= chunk.mode == CHUNK_PLANE
+        yield chunk
+    if not used:
+        record.params = b""
 
 
 def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[PlaneRecord, list[EncodedChunk]]:
     """Verbatim bytes (safetensors header, gaps): zstd per chunk, or raw where zstd does not pay."""
     slices = _chunks(len(data), BYTES_CHUNK)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True)
-    packed = _map(pool, lambda s: compressor.compress(data[s].tobytes()), slices)
+    packed = list(ordered_map(pool, (functools.partial(compressor.compress, data[s].tobytes()) for s in slices)))
     if sum(map(len, packed)) < len(data):
         return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), [EncodedChunk(p) for p in packed]
     return (PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +105,9 @@ class Stored:
     tensor: TensorEntry
 
 
+COMPARE_BYTES = 1 << 26  # compare candidate duplicates 64 MiB at a time
+
+
 class Dedup:
     """Tensors stored so far in a pack run, found again by content: (size, CRC32), then byte comparison."""
 
@@ -113,14 +115,18 @@ class Dedup:
         self._seen: dict[tuple[int, int], list[Stored]] = {}
         self.sha256: dict[str, bytes] = {}  # archive -> sha256 of its original, once finished
 
-    def find(self, data: np.ndarray, tensor: TensorEntry) -> Stored | None:
-        for s in self._seen.get((data.size, zlib.crc32(data)), []):
+    def find(self, tensor: TensorEntry, crc: int, read: Callable[[int, int], np.ndarray]) -> Stored | None:
+        """A stored tensor with the same dtype, shape and bytes; ``read(a, b)`` gives bytes a..b of this one."""
+        size = tensor.end - tensor.start
+        for s in self._seen.get((size, crc), []):
             if s.tensor.dtype != tensor.dtype or s.tensor.shape != tensor.shape:
                 continue
             with open(s.file, "rb") as f:
-                if np.array_equal(read_exact(f.fileno(), s.tensor.start, data.size), data):
+                if all(np.array_equal(read_exact(f.fileno(), s.tensor.start + a, min(COMPARE_BYTES, size - a)),
+                                      read(a, min(a + COMPARE_BYTES, size)))
+                       for a in range(0, size, COMPARE_BYTES)):
                     return s
         return None
 
-    def add(self, data: np.ndarray, stored: Stored) -> None:
-        self._seen.setdefault((data.size, zlib.crc32(data)), []).append(stored)
+    def add(self, crc: int, stored: Stored) -> None:
+        self._seen.setdefault((stored.tensor.end - stored.tensor.start, crc), []).append(stored)

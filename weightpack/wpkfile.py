@@ -14,6 +14,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,6 +42,7 @@ from .container import (
     write_preamble,
 )
 from .errors import FormatError, IntegrityError, WeightpackError
+from .parallel import ordered_map
 from .safetensors_layout import TensorEntry, read_layout
 from .sources import BaseSet, Dedup, Stored, read_exact
 
@@ -77,17 +79,47 @@ class _Sources:
         return len(self.list) - 1
 
 
-Coded = list[tuple[PlaneRecord, list[codec.EncodedChunk]]]
+Coded = list[tuple[PlaneRecord, Iterable[codec.EncodedChunk]]]
 PARALLEL_CHUNKS = 4  # tensors with more chunks than this spread their chunks over the pool
+READ_ELEMENTS = codec.CHUNK_SYMBOLS * PARALLEL_CHUNKS  # large tensors are read and split this much at a time
 
 
-def _tensor_segment(src: Path, data: np.ndarray, tensor: TensorEntry, base: BaseSet | None,
-                    dedup: Dedup | None, archive: str,
+@dataclass
+class _TensorInput:
+    """One tensor being packed: its file entry, CRC32, a reader for its bytes, and its planes."""
+
+    tensor: TensorEntry
+    crc: int
+    read: Callable[[int, int], np.ndarray]  # bytes a..b of the tensor
+    planes: list[np.ndarray]
+
+
+def _read_tensor(fd: int, tensor: TensorEntry, digest: hashlib._Hash) -> _TensorInput:
+    """Read a tensor a stripe at a time, hashing it and splitting it into planes as it comes.
+
+    Only the planes are held (about the tensor's size), never the bytes and the planes together.
+    """
+    size, count = planes.itemsize(tensor.dtype), (tensor.end - tensor.start) // planes.itemsize(tensor.dtype)
+    specs = planes.layout(tensor.dtype)
+    arrays = [np.empty(count, spec.symbol_dtype) for spec in specs]
+    crc = 0
+    for first in range(0, count, READ_ELEMENTS):
+        end = min(first + READ_ELEMENTS, count)
+        data = read_exact(fd, tensor.start + first * size, (end - first) * size)
+        digest.update(data)
+        crc = zlib.crc32(data, crc)
+        for array, part in zip(arrays, planes.split(data, tensor.dtype)):
+            array[first:end] = part
+    return _TensorInput(tensor, crc, lambda a, b: read_exact(fd, tensor.start + a, b - a), arrays)
+
+
+def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: Dedup | None, archive: str,
                     sources: _Sources) -> tuple[Segment, Callable[[Executor | None], Coded]]:
     """The segment of one tensor (a copy of one seen before, a delta to the base, or coded whole),
     and the coding work still to do, as a function of the executor to spread its chunks over."""
-    seg = Segment(KIND_TENSOR, data.size, [], tensor.name, tensor.dtype, tensor.shape)
-    seen = dedup.find(data, tensor) if dedup is not None else None
+    tensor = item.tensor
+    seg = Segment(KIND_TENSOR, tensor.end - tensor.start, [], tensor.name, tensor.dtype, tensor.shape)
+    seen = dedup.find(tensor, item.crc, item.read) if dedup is not None else None
     if seen is not None:
         seg.ref, seg.ref_name = REF_COPY, seen.tensor.name
         if seen.archive != archive:
@@ -95,23 +127,22 @@ def _tensor_segment(src: Path, data: np.ndarray, tensor: TensorEntry, base: Base
             seg.source = sources.index(SOURCE_SIBLING, Path(rel).as_posix(), dedup.sha256[seen.archive])
         return seg, lambda pool: []
     if dedup is not None:
-        dedup.add(data, Stored(archive, src, tensor))
+        dedup.add(item.crc, Stored(archive, src, tensor))
     specs = planes.layout(tensor.dtype)
     base_file = base.match(tensor.name, tensor.dtype, tensor.shape) if base is not None else None
     references = [None] * len(specs)
     if base_file is not None:
         seg.source = sources.index(SOURCE_BASE, base.names[base_file], base_file.sha256)
         seg.ref_name = tensor.name
-        reference = base_file.tensor_bytes(tensor.name, 0, seg.count)
-        if np.array_equal(reference, data):
+        reference = planes.split(base_file.tensor_bytes(tensor.name, 0, seg.count), tensor.dtype)
+        if all(np.array_equal(r, p) for r, p in zip(reference, item.planes)):
             seg.ref = REF_COPY
             return seg, lambda pool: []
         seg.ref = REF_DELTA
-        references = planes.split(reference, tensor.dtype)
+        references = reference
 
     def code(pool: Executor | None) -> Coded:
-        return [codec.encode_plane(p, spec.bits, pool, r)
-                for p, r, spec in zip(planes.split(data, tensor.dtype), references, specs)]
+        return [codec.encode_plane(p, spec.bits, pool, r) for p, r, spec in zip(item.planes, references, specs)]
     return seg, code
 
 
@@ -124,8 +155,8 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
     same pack run; ``archive`` is this one's path in the packed folder) as a copy of it.
 
     Small tensors are coded whole on worker threads, several side by side; a large tensor is coded
-    with its chunks spread over the pool. Output is written in file order either way, and memory
-    holds at most the largest tensor plus a window of small ones.
+    with its chunks spread over the pool and written as they come. Output is in file order either
+    way, and memory holds about the largest tensor's planes plus a window of small tensors and chunks.
     """
     spans = list(_spans(src))
     digest = hashlib.sha256()
@@ -145,25 +176,28 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
             seg.planes.append(record)
         segments.append(seg)
 
+    def flush(limit: int) -> None:
+        while len(pending) > limit:
+            seg, future = pending.popleft()
+            emit(seg, future.result())
+
     with open(src, "rb") as f:
         for start, end, tensor in spans:
-            data = read_exact(f.fileno(), start, end - start)
-            digest.update(data)
             if tensor is None:
+                data = read_exact(f.fileno(), start, end - start)
+                digest.update(data)
                 seg, code = Segment(KIND_BYTES, end - start, []), lambda p, d=data: [codec.encode_bytes(d, p)]
             else:
-                seg, code = _tensor_segment(src, data, tensor, base, dedup, archive, sources)
-            if seg.count > PARALLEL_CHUNKS * codec.CHUNK_SYMBOLS:
-                while pending:
-                    emit(pending[0][0], pending.popleft()[1].result())
+                seg, code = _tensor_segment(src, _read_tensor(f.fileno(), tensor, digest), base, dedup, archive,
+                                            sources)
+            if seg.count > READ_ELEMENTS:
+                flush(0)
                 emit(seg, code(pool))
-            else:
-                pending.append((seg, pool.submit(code, None)))
-                while len(pending) > 2 * PARALLEL_CHUNKS:
-                    emit(pending[0][0], pending.popleft()[1].result())
+            else:  # materialise the chunks on the worker, so that the coding happens there
+                pending.append((seg, pool.submit(lambda c=code: [(r, list(chunks)) for r, chunks in c(None)])))
+                flush(2 * PARALLEL_CHUNKS)
             progress(end - start)
-        while pending:
-            emit(pending[0][0], pending.popleft()[1].result())
+        flush(0)
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
     write_index(out, index, offset)
     if dedup is not None:
@@ -285,7 +319,7 @@ class ArchiveReader:
         window ahead of the consumer, so memory stays bounded by the chunk size, not the tensor size.
         """
         jobs = self._stripe_jobs(seg, first, end)
-        yield from _ordered_map(self.pool, jobs) if parallel else (job() for job in jobs)
+        yield from ordered_map(self.pool if parallel else None, jobs)
 
     @staticmethod
     def stripe_elements(seg: Segment) -> int:
@@ -305,25 +339,10 @@ class ArchiveReader:
         """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""
         digest = hashlib.sha256()
         jobs = (job for seg in self.index.segments for job in self._stripe_jobs(seg))
-        for data in _ordered_map(self.pool, jobs):  # stripes of small tensors decode side by side too
+        for data in ordered_map(self.pool, jobs):  # stripes of small tensors decode side by side too
             digest.update(data)
             if out is not None:
                 out.write(data)
             progress(data.size)
         if digest.digest() != self.index.original_sha256:
             raise IntegrityError("restored bytes do not match the original sha256")
-
-
-def _ordered_map(pool: Executor, jobs: Iterable[Callable[[], object]], window: int = 8) -> Iterator:
-    """Run jobs on the pool, at most ``window`` in flight, yielding their results in order."""
-    pending: deque[Future] = deque()
-    try:
-        for job in jobs:
-            pending.append(pool.submit(job))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
