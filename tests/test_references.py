@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import weightpack
-from weightpack import minilm
+from weightpack import minilm, planes
 from weightpack.cli import main
 from weightpack.errors import WeightpackError
 from weightpack.safetensors_layout import write
@@ -37,6 +40,7 @@ def test_fine_tune_packed_against_its_base_is_smaller_and_byte_identical(
     report = weightpack.info(delta)
     assert report["references"][0]["kind"] == "base"
     assert any(t["reference"].startswith("delta to base") for t in report["tensors"])
+    assert any(p["codec"].endswith("(word-sub)") for t in report["tensors"] for p in t["planes"])
     restored = weightpack.unpack(delta, tmp_path / "restored.safetensors", base=base)
     assert restored.read_bytes() == finetuned.read_bytes()
 
@@ -52,6 +56,24 @@ def test_the_base_may_be_given_packed(finetuned: Path, minilm_dirs: dict[str, Pa
     assert restored.read_bytes() == finetuned.read_bytes()
     with weightpack.safe_open(delta, framework="np", base=base) as f:
         assert f.get_tensor("pooler.dense.weight").shape == (384, 384)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(sorted(planes.DTYPES)), n=st.integers(0, 3000), seed=st.integers(0, 2**32 - 1),
+       changed=st.floats(0, 1))
+def test_deltas_of_any_dtype_round_trip(tmp_path: Path, dtype: str, n: int, seed: int, changed: float) -> None:
+    rng = np.random.default_rng(seed)
+    size = planes.itemsize(dtype)
+    base = rng.integers(0, 256, n * size, dtype=np.uint8)
+    tuned = base.copy()
+    flip = rng.random(n * size) < changed * 0.1  # some bytes changed, carries and sign flips included
+    tuned[flip] = rng.integers(0, 256, int(flip.sum()), dtype=np.uint8)
+    base_path, tuned_path = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors"
+    write(base_path, {"w": (dtype, (n,), base.tobytes())})
+    write(tuned_path, {"w": (dtype, (n,), tuned.tobytes())})
+    packed = weightpack.pack(tuned_path, tmp_path / "t.wpk", base=base_path, overwrite=True)
+    restored = weightpack.unpack(packed, tmp_path / "r.safetensors", base=base_path, overwrite=True)
+    assert restored.read_bytes() == tuned_path.read_bytes()
 
 
 def test_missing_or_wrong_base_is_refused_clearly(finetuned: Path, minilm_dirs: dict[str, Path], tmp_path: Path,

@@ -38,6 +38,7 @@ from .container import (
     CODEC_ZSTD,
     TRANSFORM_NONE,
     TRANSFORM_SUB,
+    TRANSFORM_WORD_SUB,
     TRANSFORM_XOR,
     PlaneRecord,
     unzstd,
@@ -81,6 +82,27 @@ def invert_transform(transform: int, coded: np.ndarray, reference: np.ndarray, b
     if transform == TRANSFORM_SUB:
         return (coded + reference) & coded.dtype.type((1 << bits) - 1)
     return coded
+
+
+def best_plane_transform_bits(symbols: np.ndarray, reference: np.ndarray, bits: int) -> float:
+    """Order-0 bits of a plane under its best per-plane transform (what ``encode_plane`` would pick)."""
+    return min(entropy_bits(histogram(apply_transform(t, symbols, reference, bits), bits))
+               for t in (TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB))
+
+
+def word_difference(data: np.ndarray, reference: np.ndarray, itemsize: int) -> np.ndarray:
+    """The zigzag-coded difference ``data - reference`` of whole words (mod ``2**(8 * itemsize)``), as
+    bytes: a small change of a value, carries across mantissa bits included, becomes a small number,
+    and zigzag (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...) keeps its sign out of the high bits."""
+    bits = 8 * itemsize
+    d = (data.view(f"<u{itemsize}") - reference.view(f"<u{itemsize}")).view(f"<i{itemsize}")
+    return ((d << 1) ^ (d >> (bits - 1))).view(np.uint8)
+
+
+def undo_word_difference(delta: np.ndarray, reference: np.ndarray, itemsize: int) -> np.ndarray:
+    z = delta.view(f"<u{itemsize}")
+    d = (z >> 1) ^ (-(z & 1).view(f"<i{itemsize}")).view(f"<u{itemsize}")
+    return (d + reference.view(f"<u{itemsize}")).view(np.uint8)
 
 
 def encode_plane(symbols: np.ndarray, bits: int, pool: Executor | None,
@@ -214,7 +236,7 @@ class PlaneDecoder:
         ``reference`` is the same stretch of the reference tensor's plane, for a delta-coded plane.
         """
         coded = self._coded(k, n, read)
-        if self.plane.transform == TRANSFORM_NONE:
+        if self.plane.transform in (TRANSFORM_NONE, TRANSFORM_WORD_SUB):  # a word difference is undone whole
             return coded
         return invert_transform(self.plane.transform, coded, reference, self.plane.bits)
 

@@ -34,7 +34,8 @@ CODEC_NAMES = {CODEC_RAW: "raw", CODEC_CONST: "const", CODEC_RANS: "rans", CODEC
 KIND_BYTES, KIND_TENSOR = 0, 1
 REF_NONE, REF_COPY, REF_DELTA = 0, 1, 2  # a tensor stored whole, as a copy of another, or as a delta to it
 TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB = 0, 1, 2  # plane = p, p ^ ref, or p - ref (mod 2**bits)
-TRANSFORM_NAMES = {TRANSFORM_NONE: "", TRANSFORM_XOR: "xor", TRANSFORM_SUB: "sub"}
+TRANSFORM_WORD_SUB = 3  # every plane is a plane of (word - ref_word) mod 2**(8 * itemsize)
+TRANSFORM_NAMES = {TRANSFORM_NONE: "", TRANSFORM_XOR: "xor", TRANSFORM_SUB: "sub", TRANSFORM_WORD_SUB: "word-sub"}
 SOURCE_BASE, SOURCE_SIBLING = 1, 2  # another checkpoint (--base), or another archive of the same folder
 SELF = 0xFF  # source index meaning "this archive"
 MAX_CHUNK_SYMBOLS = 1 << 24  # bounds the memory one chunk can ask for
@@ -269,6 +270,9 @@ def _read_segment(cur: _Cursor, payload_end: int, remaining: int, n_sources: int
     seg.planes = [_read_plane(cur, seg.count, payload_end) for _ in range(n_planes)]
     if seg.ref != REF_DELTA and any(p.transform != TRANSFORM_NONE for p in seg.planes):
         raise FormatError(f"segment {seg.name!r}: a plane is a delta but the tensor has no reference")
+    word_sub = [p.transform == TRANSFORM_WORD_SUB for p in seg.planes]
+    if any(word_sub) and not all(word_sub):
+        raise FormatError(f"segment {seg.name!r}: a word difference must cover every plane")
     if [p.bits for p in seg.planes] != expected:
         raise FormatError(f"segment {seg.name!r} has planes {[p.bits for p in seg.planes]}, expected {expected}")
     if len({p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST}) > 1:

@@ -32,6 +32,7 @@ from .container import (
     SELF,
     SOURCE_BASE,
     SOURCE_SIBLING,
+    TRANSFORM_WORD_SUB,
     Chunk,
     Index,
     PlaneRecord,
@@ -41,6 +42,7 @@ from .container import (
     write_index,
     write_preamble,
 )
+from .entropy import entropy_bits, histogram
 from .errors import FormatError, IntegrityError, WeightpackError
 from .parallel import ordered_map
 from .safetensors_layout import TensorEntry, read_layout
@@ -139,10 +141,21 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
             seg.ref = REF_COPY
             return seg, lambda pool: []
         seg.ref = REF_DELTA
-        references = reference
+        references, coded_planes, transform = reference, item.planes, None
+        size = planes.itemsize(tensor.dtype)
+        delta = planes.split(codec.word_difference(planes.merge(item.planes, tensor.dtype),
+                                                   planes.merge(reference, tensor.dtype), size), tensor.dtype)
+        per_plane = sum(codec.best_plane_transform_bits(p, r, s.bits) for p, r, s in zip(item.planes, reference, specs))
+        if sum(entropy_bits(histogram(p, s.bits)) for p, s in zip(delta, specs)) < per_plane:
+            references, coded_planes, transform = [None] * len(specs), delta, TRANSFORM_WORD_SUB
+    else:
+        coded_planes, transform = item.planes, None
 
     def code(pool: Executor | None) -> Coded:
-        return [codec.encode_plane(p, spec.bits, pool, r) for p, r, spec in zip(item.planes, references, specs)]
+        coded = [codec.encode_plane(p, spec.bits, pool, r) for p, r, spec in zip(coded_planes, references, specs)]
+        for record, _ in coded if transform is not None else ():
+            record.transform = transform
+        return coded
     return seg, code
 
 
@@ -298,16 +311,19 @@ class ArchiveReader:
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
         step = self.stripe_elements(seg)
         end = seg.count if end is None else end
+        # None: no reference; False: per-plane transforms; True: one difference of whole words
+        word_sub = None if seg.ref != REF_DELTA else any(p.transform == TRANSFORM_WORD_SUB for p in seg.planes)
 
         def stripe(k: int, n: int) -> np.ndarray:
             if seg.ref == REF_COPY:
                 return source.tensor_bytes(seg.ref_name, k * step, k * step + n)
-            if seg.ref == REF_DELTA:
-                refs = planes.split(source.tensor_bytes(seg.ref_name, k * step, k * step + n), seg.dtype)
-            else:
-                refs = [None] * len(decoders)
+            reference = source.tensor_bytes(seg.ref_name, k * step, k * step + n) if seg.ref == REF_DELTA else None
+            refs = planes.split(reference, seg.dtype) if word_sub is False else [None] * len(decoders)
             parts = [d.chunk(k, n, self.read, r) for d, r in zip(decoders, refs)]
-            return parts[0] if seg.kind == KIND_BYTES else planes.merge(parts, seg.dtype)
+            if seg.kind == KIND_BYTES:
+                return parts[0]
+            data = planes.merge(parts, seg.dtype)
+            return codec.undo_word_difference(data, reference, planes.itemsize(seg.dtype)) if word_sub else data
         return [functools.partial(stripe, k, min(step, seg.count - k * step))
                 for k in range(first // step, -(-end // step))]
 
