@@ -138,29 +138,33 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             r.branches[unquote(branch)] = start
             self._json({})
 
-        def info(self, repo: str, rev: str = "main") -> None:
+        def _commit(self, repo: str, rev: str) -> tuple[str, dict[str, bytes]] | None:
+            """The commit a revision names, or None once a 404 has been sent."""
             r = self._repo(repo)
             if r is None:
-                return
+                return None
             sha = r.resolve(rev)
             if sha is None:
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
+                return None
+            return sha, r.commits[sha]
+
+        def info(self, repo: str, rev: str = "main") -> None:
+            found = self._commit(repo, rev)
+            if found is None:
                 return
-            files = r.commits[sha]
+            sha, files = found
+            r = hub.repos[unquote(repo)]
             self._json({"id": unquote(repo), "modelId": unquote(repo), "sha": sha, "private": r.private,
                         "siblings": [{"rfilename": p, "size": len(d)} for p, d in sorted(files.items())],
                         "tags": [], "downloads": 0, "likes": 0, "lastModified": "2026-11-23T00:00:00.000Z"})
 
         def tree(self, repo: str, rev: str, sub: str | None = None) -> None:
-            r = self._repo(repo)
-            if r is None:
-                return
-            sha = r.resolve(rev)
-            if sha is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
+            found = self._commit(repo, rev)
+            if found is None:
                 return
             entries = [{"type": "file", "path": p, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
-                       for p, d in sorted(r.commits[sha].items()) if p.startswith(unquote(sub or ""))]
+                       for p, d in sorted(found[1].items()) if p.startswith(unquote(sub or ""))]
             self._json(entries)
 
         def preupload(self, repo: str, rev: str) -> None:
@@ -198,18 +202,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                         "commitMessage": summary, "success": True, "pullRequestUrl": None})
 
         def resolve(self, repo: str, rev: str, path: str) -> None:
-            r = self._repo(repo)
-            if r is None:
+            found = self._commit(repo, rev)
+            if found is None:
                 return
-            sha = r.resolve(rev)
+            sha, files = found
             path = unquote(path)
-            if sha is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
-                return
-            if path not in r.commits[sha]:
+            if path not in files:
                 self._error(404, "EntryNotFound", f"{path} does not exist at {sha}")
                 return
-            data = r.commits[sha][path]
+            data = files[path]
             headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": sha,
                        "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             status, body = 200, data

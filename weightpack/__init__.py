@@ -2,13 +2,25 @@
 
 ``pack``/``unpack``/``verify``/``info`` work on files and model folders; ``safe_open``/``load_file``
 read tensors straight from a .wpk; ``weightpack.hub`` pushes and pulls packed models.
+
+The heavy modules (numpy, numba) load on first use, so that the command line can install its
+signal handling before anything slow runs: Ctrl-C at any moment gets a clean exit.
 """
 
-from . import hub
-from .api import info, pack, unpack, verify
+from __future__ import annotations
+
+import importlib
+
 from .errors import FormatError, IntegrityError, OutputExistsError, WeightpackError
-from .loading import load_file, load_folder, safe_open
 
 __version__ = "0.1.0"
-__all__ = ["FormatError", "IntegrityError", "OutputExistsError", "WeightpackError", "__version__", "hub", "info",
-           "load_file", "load_folder", "pack", "safe_open", "unpack", "verify"]
+_LAZY = {"pack": "api", "unpack": "api", "verify": "api", "info": "api", "safe_open": "loading",
+         "load_file": "loading", "load_folder": "loading", "hub": None}
+__all__ = ["FormatError", "IntegrityError", "OutputExistsError", "WeightpackError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'weightpack' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    return module if _LAZY[name] is None else getattr(module, name)

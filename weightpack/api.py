@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -96,8 +97,21 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
+# Set (by the CLI, on Ctrl-C or SIGTERM) to stop the operation at its next step; it then cleans up.
+CANCEL = threading.Event()
+
+
+class _Bar(tqdm):
+    """The progress bar, also the place where long work notices a cancellation request."""
+
+    def update(self, n: float = 1) -> bool | None:
+        if CANCEL.is_set():
+            raise KeyboardInterrupt
+        return super().update(n)
+
+
 def _bar(total: int, enabled: bool, desc: str) -> tqdm:
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, file=sys.stderr,
+    return _Bar(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, file=sys.stderr,
                 leave=False)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,15 +46,30 @@ def atomic_output(final: Path, overwrite: bool = False, directory: bool = False)
     check_free(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(final)
-    if directory:
-        tmp.mkdir()
-    try:
+    try:  # from the first byte on disk: an interrupt anywhere below still removes the temporary
+        if directory:
+            tmp.mkdir()
         yield tmp
         _fsync_tree(tmp)
-        _publish(tmp, final, overwrite)
+        with _signals_deferred():
+            _publish(tmp, final, overwrite)
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the renames are done: publishing is one step, never half of one."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fsync_tree(path: Path) -> None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, api
+from . import __version__
 from .errors import WeightpackError
 
 
@@ -38,17 +38,23 @@ def _transfer(args: argparse.Namespace, run: Callable[[], Path], verb: str) -> d
 
 
 def _pack(args: argparse.Namespace) -> dict:
+    from . import api
+
     return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
                                             verify=not args.no_verify, progress=args.progress, base=args.base),
                      "packed")
 
 
 def _unpack(args: argparse.Namespace) -> dict:
+    from . import api
+
     return _transfer(args, lambda: api.unpack(args.src, args.output, overwrite=args.force, threads=args.threads,
                                               progress=args.progress, base=args.base), "unpacked")
 
 
 def _verify(args: argparse.Namespace) -> dict:
+    from . import api
+
     count = api.verify(args.src, threads=args.threads, progress=args.progress, base=args.base)
     if not args.quiet and not args.json:
         print(f"{args.src}: OK ({count} archive{'s' if count != 1 else ''} decoded, every checksum and sha256 match)")
@@ -63,6 +69,8 @@ def _modes(chunks: dict[str, int]) -> str:
 
 
 def _info(args: argparse.Namespace) -> dict:
+    from . import api
+
     report = api.info(args.src)
     if args.json or args.quiet:
         return report
@@ -164,6 +172,48 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up exactly like Ctrl-C
 
 
+def _run_cancellable(args: argparse.Namespace) -> dict:
+    """Run the command on a worker thread; the main thread only waits and takes Ctrl-C / SIGTERM.
+
+    Python delivers KeyboardInterrupt to the main thread at any instruction, including inside the
+    JIT compiler's callbacks, where it can leave a compiler lock held and hang the process. Here
+    the work never sees an asynchronous interrupt: it is asked to stop (``api.CANCEL``), stops at
+    its next step, removes its temporary output, and only then does the command exit. A second
+    Ctrl-C exits at once.
+    """
+    from . import api
+
+    outcome: dict[str, object] = {}
+    done = threading.Event()  # waited on, not Thread.join: an interrupted join can forget its thread
+
+    def work() -> None:
+        try:
+            outcome["result"] = args.func(args)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="weightpack", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        api.CANCEL.set()
+        try:
+            while not done.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            os._exit(130)
+        if "error" not in outcome:  # it was already done: the output is complete and published
+            return outcome["result"]
+    finally:
+        api.CANCEL.clear()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
@@ -172,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().error("--threads must be at least 1")
     args.progress = not args.quiet and not args.json and sys.stderr.isatty()
     try:
-        result = args.func(args)
+        result = _run_cancellable(args)
     except WeightpackError as exc:
         print(f"weightpack: error: {exc}", file=sys.stderr)
         return 1

@@ -16,15 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import WeightpackError
+from .errors import FormatError, WeightpackError
 from .planes import itemsize
 from .safetensors_layout import TensorEntry, read_layout
 
 
 def read_exact(fd: int, offset: int, size: int) -> np.ndarray:
     """``size`` bytes at ``offset`` (thread-safe, no shared file position); FormatError if the file is short."""
-    from .errors import FormatError
-
     buf = np.empty(size, np.uint8)
     view, done = memoryview(buf), 0
     while done < size:
