@@ -88,3 +88,13 @@ def test_folder_defaults_mirror_each_other(minilm_dirs: dict[str, Path], tmp_pat
     assert main(["unpack", str(tmp_path / "model.wpk"), "-q"]) == 1  # model/ exists: not overwritten
     assert main(["unpack", str(tmp_path / "model.wpk"), "-q", "-f"]) == 0
     assert (src / "model.safetensors").read_bytes() == (minilm_dirs["F16"] / "model.safetensors").read_bytes()
+
+
+def test_verify_of_a_folder_checks_its_manifest(minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    packed = tmp_path / "packed"
+    assert main(["pack", str(minilm_dirs["F16"]), "-o", str(packed), "-q"]) == 0
+    assert main(["verify", str(packed), "-q"]) == 0
+    (packed / "model.wpk").rename(packed / "other.wpk")
+    assert main(["verify", str(packed)]) == 1
+    assert "weightpack.json: lists ['model.wpk'] but the folder holds ['other.wpk']" in capsys.readouterr().err

@@ -120,3 +120,13 @@ def test_pulled_folder_loads_in_transformers(hub: FakeHub, minilm_dirs: dict[str
     ids = torch.tensor([[101, 7592, 2088, 102]])
     with torch.no_grad():
         assert torch.equal(model(ids).last_hidden_state, reference(ids).last_hidden_state)
+
+
+def test_a_damaged_packed_folder_is_never_pushed(hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    packed = weightpack.pack(minilm_dirs["F16"], tmp_path / "packed")
+    data = bytearray((packed / "model.wpk").read_bytes())
+    data[1000] ^= 0x40
+    (packed / "model.wpk").write_bytes(bytes(data))
+    with pytest.raises(WeightpackError, match="checksum mismatch"):
+        wh.push(packed, "alice/damaged", token=TOKEN, endpoint=hub.url)
+    assert "alice/damaged" not in hub.repos

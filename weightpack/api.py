@@ -214,13 +214,10 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                 _unpack_file(src, tmp, pool, bar, base_set)
             return dst
         files = _files(src)
-        entries = manifest.read(src)
-        archives = {f.relative_to(src).as_posix() for f in files if f.suffix == WPK}
-        if entries is not None and set(entries) != archives:
-            raise WeightpackError(f"{src / manifest.MANIFEST}: lists {sorted(entries)} but the folder holds "
-                                  f"{sorted(archives)}")
+        entries = _manifest_entries(src, files)
         names = {f.relative_to(src) for f in files}
-        with _bar(0, progress, "unpack") as bar, atomic_output(dst, overwrite, directory=True) as tmp:
+        total = sum(e.original_size for e in entries.values()) if entries else 0
+        with _bar(total, progress, "unpack") as bar, atomic_output(dst, overwrite, directory=True) as tmp:
             for f in files:
                 rel = f.relative_to(src)
                 if rel == Path(manifest.MANIFEST) and entries is not None:
@@ -238,17 +235,32 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
     return dst
 
 
+def _manifest_entries(folder: Path, files: list[Path]) -> dict[str, manifest.Entry] | None:
+    """The packed folder's manifest, checked to list exactly the archives the folder holds."""
+    entries = manifest.read(folder)
+    archives = {f.relative_to(folder).as_posix() for f in files if f.suffix == WPK}
+    if entries is not None and set(entries) != archives:
+        raise WeightpackError(f"{folder / manifest.MANIFEST}: lists {sorted(entries)} but the folder holds "
+                              f"{sorted(archives)}")
+    return entries
+
+
 def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False,
            base: str | os.PathLike | None = None) -> int:
-    """Fully decode a .wpk (or every .wpk of a folder) and check all checksums; return the files checked."""
+    """Fully decode a .wpk (or every .wpk of a packed folder, checked against its manifest) and check
+    all checksums and sha256s; write nothing. Return the number of archives checked."""
     src = Path(src)
     if not src.exists():
         raise WeightpackError(f"{src}: no such file or folder")
     files = [src] if src.is_file() else [f for f in _files(src) if f.suffix == WPK]
+    entries = None if src.is_file() else _manifest_entries(src, _files(src))
     with _workers(threads, base) as (pool, base_set), \
             _bar(sum(f.stat().st_size for f in files), progress, "verify") as bar:
         for f in files:
             with _about(f), ArchiveReader(f, pool, base_set) as reader:
+                entry = entries.get(f.relative_to(src).as_posix()) if entries else None
+                if entry is not None and entry.original_sha256 != reader.sha256.hex():
+                    raise WeightpackError(f"does not match the sha256 that {manifest.MANIFEST} records for it")
                 reader.restore(None)
             bar.update(f.stat().st_size)
     return len(files)

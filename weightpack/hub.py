@@ -66,8 +66,11 @@ def push(src: str | os.PathLike, repo_id: str, *, revision: str | None = None, p
         raise WeightpackError(f"{src}: push takes a model folder (packed or not)")
     hf = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="weightpack-push-") as tmp:
-        folder = src if (src / manifest.MANIFEST).is_file() else api.pack(
-            src, Path(tmp) / "packed", threads=threads, progress=progress)
+        if (src / manifest.MANIFEST).is_file():  # packed already: check it fully before publishing it
+            api.verify(src, threads=threads, progress=progress)
+            folder = src
+        else:  # packing verifies each archive it writes
+            folder = api.pack(src, Path(tmp) / "packed", threads=threads, progress=progress)
         message = commit_message or f"Upload {src.name} packed with weightpack"
         with _hub_errors(repo_id):
             hf.create_repo(repo_id, private=private, exist_ok=True)
