@@ -128,22 +128,27 @@ def _sha256(path: Path) -> bytes:
 
 
 def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm, base: BaseSet | None,
-               dedup: Dedup | None = None, archive: str = "") -> manifest.Entry:
+               dedup: Dedup | None = None, archive: str = "") -> Index:
     with _about(src):
         with open(tmp, "wb") as out:
             index = pack_stream(src, out, pool, bar.update, base, dedup, archive)
         if verify:
             with ArchiveReader(tmp, pool, base) as reader:
                 reader.restore(None)
-    return manifest.Entry(src.name, index.original_size, index.original_sha256.hex())
+    return index
+
+
+def _check_entry(reader: ArchiveReader, expected: manifest.Entry | None) -> None:
+    """An archive of a packed folder must be what the folder's manifest says it is."""
+    if expected is not None and (expected.original_sha256 != reader.sha256.hex()
+                                 or expected.original_size != reader.index.original_size):
+        raise WeightpackError(f"does not match the sha256/size that {manifest.MANIFEST} records for it")
 
 
 def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm, base: BaseSet | None,
                  expected: manifest.Entry | None = None) -> None:
     with _about(src), ArchiveReader(src, pool, base) as reader:
-        if expected is not None and (expected.original_sha256 != reader.index.original_sha256.hex()
-                                     or expected.original_size != reader.index.original_size):
-            raise WeightpackError(f"does not match the sha256/size that {manifest.MANIFEST} records for it")
+        _check_entry(reader, expected)
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
@@ -185,9 +190,10 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
                 if f.suffix == SAFETENSORS:
                     out = tmp / rel.with_suffix(WPK)
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    entry = _pack_file(f, out, pool, verify, bar, base_set, dedup, rel.with_suffix(WPK).as_posix())
-                    entries[rel.with_suffix(WPK).as_posix()] = manifest.Entry(rel.as_posix(), entry.original_size,
-                                                                               entry.original_sha256)
+                    archive = rel.with_suffix(WPK).as_posix()
+                    index = _pack_file(f, out, pool, verify, bar, base_set, dedup, archive)
+                    entries[archive] = manifest.Entry(rel.as_posix(), index.original_size,
+                                                      index.original_sha256.hex())
                 else:
                     with _about(f):
                         copy_verified(f, tmp / rel)
@@ -252,15 +258,17 @@ def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool
     src = Path(src)
     if not src.exists():
         raise WeightpackError(f"{src}: no such file or folder")
-    files = [src] if src.is_file() else [f for f in _files(src) if f.suffix == WPK]
-    entries = None if src.is_file() else _manifest_entries(src, _files(src))
+    entries = None
+    if src.is_file():
+        files = [src]
+    else:
+        everything = _files(src)
+        files, entries = [f for f in everything if f.suffix == WPK], _manifest_entries(src, everything)
     with _workers(threads, base) as (pool, base_set), \
             _bar(sum(f.stat().st_size for f in files), progress, "verify") as bar:
         for f in files:
             with _about(f), ArchiveReader(f, pool, base_set) as reader:
-                entry = entries.get(f.relative_to(src).as_posix()) if entries else None
-                if entry is not None and entry.original_sha256 != reader.sha256.hex():
-                    raise WeightpackError(f"does not match the sha256 that {manifest.MANIFEST} records for it")
+                _check_entry(reader, entries.get(f.relative_to(src).as_posix()) if entries else None)
                 reader.restore(None)
             bar.update(f.stat().st_size)
     return len(files)

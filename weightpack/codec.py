@@ -84,10 +84,15 @@ def invert_transform(transform: int, coded: np.ndarray, reference: np.ndarray, b
     return coded
 
 
-def best_plane_transform_bits(symbols: np.ndarray, reference: np.ndarray, bits: int) -> float:
-    """Order-0 bits of a plane under its best per-plane transform (what ``encode_plane`` would pick)."""
-    return min(entropy_bits(histogram(apply_transform(t, symbols, reference, bits), bits))
-               for t in (TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB))
+def best_transform(symbols: np.ndarray, reference: np.ndarray, bits: int) -> tuple[int, np.ndarray, float]:
+    """For a plane and the same plane of a reference tensor: whichever of as is, XOR, or difference
+    modulo ``2**bits`` has the lowest order-0 entropy, as (transform, symbols to code, entropy in bits)."""
+    candidates = []
+    for t in (TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB):
+        coded = apply_transform(t, symbols, reference, bits)
+        candidates.append((entropy_bits(histogram(coded, bits)), t, coded))
+    cost, transform, coded = min(candidates, key=lambda c: (c[0], c[1]))
+    return transform, coded, cost
 
 
 def word_difference(data: np.ndarray, reference: np.ndarray, itemsize: int) -> np.ndarray:
@@ -106,25 +111,17 @@ def undo_word_difference(delta: np.ndarray, reference: np.ndarray, itemsize: int
 
 
 def encode_plane(symbols: np.ndarray, bits: int, pool: Executor | None,
-                 reference: np.ndarray | None = None) -> tuple[PlaneRecord, Iterator[EncodedChunk]]:
+                 transform: int = TRANSFORM_NONE) -> tuple[PlaneRecord, Iterator[EncodedChunk]]:
     """Code one plane; return its record (chunks without offsets yet) and its chunks, in order.
 
-    The chunks are produced lazily, a bounded window ahead on ``pool`` (or in this thread if None),
-    so a caller writing them out as they come holds only a few in memory. The record is final once
+    ``symbols`` are what is coded: for a delta, already transformed as ``transform`` records. The
+    chunks are produced lazily, a bounded window ahead on ``pool`` (or in this thread if None), so
+    a caller writing them out as they come holds only a few in memory. The record is final once
     they have all been consumed.
-
-    With a ``reference`` (the same plane of a base tensor) the plane is coded as is, XORed with the
-    reference, or as its difference modulo ``2**bits``: whichever has the lowest order-0 entropy.
     """
-    transform = TRANSFORM_NONE
-    if reference is not None:
-        candidates = {t: apply_transform(t, symbols, reference, bits)
-                      for t in (TRANSFORM_NONE, TRANSFORM_XOR, TRANSFORM_SUB)}
-        transform = min(candidates, key=lambda t: entropy_bits(histogram(candidates[t], bits)))
-        symbols = candidates[transform]
-    record, payloads = _encode_symbols(symbols, bits, pool)
+    record, chunks = _encode_symbols(symbols, bits, pool)
     record.transform = transform
-    return record, payloads
+    return record, chunks
 
 
 def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .container import KIND_BYTES, KIND_TENSOR, Segment
+from .container import KIND_BYTES, Segment
 from .errors import FormatError, WeightpackError
 from .safetensors_layout import parse_header
 from .sources import BaseSet
@@ -103,7 +103,6 @@ class safe_open:
         except WeightpackError as exc:
             self.close()
             raise type(exc)(f"{self.path}: {exc}") from None
-        self._tensors = {s.name: s for s in self._reader.index.segments if s.kind == KIND_TENSOR}
         self._metadata: dict[str, str] | None = None
         self._header_read = False
 
@@ -120,7 +119,7 @@ class safe_open:
         self._pool.shutdown()
 
     def keys(self) -> list[str]:
-        return sorted(self._tensors)
+        return sorted(self._reader.tensors)
 
     def metadata(self) -> dict[str, str] | None:
         """The ``__metadata__`` of the original header (decodes only the header bytes)."""
@@ -135,7 +134,7 @@ class safe_open:
 
     def _segment(self, name: str) -> Segment:
         try:
-            return self._tensors[name]
+            return self._reader.tensors[name]
         except KeyError:
             raise WeightpackError(f"{self.path}: no tensor named {name!r}") from None
 

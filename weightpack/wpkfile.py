@@ -32,6 +32,7 @@ from .container import (
     SELF,
     SOURCE_BASE,
     SOURCE_SIBLING,
+    TRANSFORM_NONE,
     TRANSFORM_WORD_SUB,
     Chunk,
     Index,
@@ -132,30 +133,27 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
         dedup.add(item.crc, Stored(archive, src, tensor))
     specs = planes.layout(tensor.dtype)
     base_file = base.match(tensor.name, tensor.dtype, tensor.shape) if base is not None else None
-    references = [None] * len(specs)
+    coded_planes, transforms = item.planes, [TRANSFORM_NONE] * len(specs)
     if base_file is not None:
         seg.source = sources.index(SOURCE_BASE, base.names[base_file], base_file.sha256)
         seg.ref_name = tensor.name
-        reference = planes.split(base_file.tensor_bytes(tensor.name, 0, seg.count), tensor.dtype)
+        data = base_file.tensor_bytes(tensor.name, 0, seg.count)
+        reference = planes.split(data, tensor.dtype)
         if all(np.array_equal(r, p) for r, p in zip(reference, item.planes)):
             seg.ref = REF_COPY
             return seg, lambda pool: []
         seg.ref = REF_DELTA
-        references, coded_planes, transform = reference, item.planes, None
-        size = planes.itemsize(tensor.dtype)
-        delta = planes.split(codec.word_difference(planes.merge(item.planes, tensor.dtype),
-                                                   planes.merge(reference, tensor.dtype), size), tensor.dtype)
-        per_plane = sum(codec.best_plane_transform_bits(p, r, s.bits) for p, r, s in zip(item.planes, reference, specs))
-        if sum(entropy_bits(histogram(p, s.bits)) for p, s in zip(delta, specs)) < per_plane:
-            references, coded_planes, transform = [None] * len(specs), delta, TRANSFORM_WORD_SUB
-    else:
-        coded_planes, transform = item.planes, None
+        # Two delta models; the one with the lower order-0 entropy is coded.
+        best = [codec.best_transform(p, r, s.bits) for p, r, s in zip(item.planes, reference, specs)]
+        delta = planes.split(codec.word_difference(planes.merge(item.planes, tensor.dtype), data,
+                                                   planes.itemsize(tensor.dtype)), tensor.dtype)
+        if sum(entropy_bits(histogram(p, s.bits)) for p, s in zip(delta, specs)) < sum(b[2] for b in best):
+            coded_planes, transforms = delta, [TRANSFORM_WORD_SUB] * len(specs)
+        else:
+            coded_planes, transforms = [b[1] for b in best], [b[0] for b in best]
 
     def code(pool: Executor | None) -> Coded:
-        coded = [codec.encode_plane(p, spec.bits, pool, r) for p, r, spec in zip(coded_planes, references, specs)]
-        for record, _ in coded if transform is not None else ():
-            record.transform = transform
-        return coded
+        return [codec.encode_plane(p, spec.bits, pool, t) for p, t, spec in zip(coded_planes, transforms, specs)]
     return seg, code
 
 
