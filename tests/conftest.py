@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from weightpack import minilm
+from weightpack.paths import walk
 
 
 def sha256_tree(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under ``folder`` (or of the file itself)."""
+    """{relative path: sha256} of every file under ``folder`` (or of the file itself), links followed."""
     if folder.is_file():
         return {folder.name: hashlib.sha256(folder.read_bytes()).hexdigest()}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in walk(folder)}
 
 
 @pytest.fixture(scope="session")

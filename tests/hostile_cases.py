@@ -141,3 +141,67 @@ SAFETENSORS_CASES: list[tuple[str, bytes, str]] = [
     ("metadata not strings", _safetensors({"__metadata__": {"k": 1}}), "__metadata__"),
     ("data truncated", _safetensors({"w": _t(offsets=[0, 8])}, b"\x00" * 3), "outside the data area"),
 ]
+
+
+# ---------------------------------------------------------------- folders and destinations
+
+def _edit(path, text: bytes):
+    path.write_bytes(text)
+    return path
+
+
+# (name, setup, a fragment the one-line error must contain). ``setup(tmp, model, packed)`` gets a small model
+# folder and its packed copy in ``tmp`` and returns (the command's arguments, the path the error must name).
+# Every case is refused with exit 1 and leaves the user's files as they were.
+FOLDER_CASES: list[tuple[str, Callable, str]] = [
+    ("pack a file onto itself with -f", (lambda tmp, model, packed: (
+        ["pack", str(model / "model.safetensors"), "-o", str(model / "model.safetensors"), "-f"],
+        model / "model.safetensors")), "is the source itself"),
+    ("pack a folder into a folder inside it", (lambda tmp, model, packed: (
+        ["pack", str(model), "-o", str(model / "sub")], model / "sub")), "lies inside the source"),
+    ("pack a folder onto a folder containing it", (lambda tmp, model, packed: (
+        ["pack", str(model), "-o", str(tmp), "-f"], tmp)), "contains the source"),
+    ("pack a folder onto an existing file with -f", (lambda tmp, model, packed: (
+        ["pack", str(model), "-o", str(_edit(tmp / "notes.txt", b"mine")), "-f"], tmp / "notes.txt")),
+     "is a file, the output is a folder"),
+    ("pack a folder onto a folder of other files with -f", (lambda tmp, model, packed: (
+        ["pack", str(model), "-o", str(_edit(_mkdir(tmp / "mine") / "thesis.tex", b"years").parent), "-f"],
+        tmp / "mine")), "holding other files"),
+    ("pack a folder without safetensors", (lambda tmp, model, packed: (
+        ["pack", str(_edit(_mkdir(tmp / "bin") / "pytorch_model.bin", b"pickle").parent)], tmp / "bin")),
+     "no .safetensors files"),
+    ("pack a folder holding a symbolic link loop", (lambda tmp, model, packed: (
+        ["pack", str(_symlink(model / "loop", model).parent)], model / "loop")), "symbolic link loop"),
+    ("pack a folder holding a dangling link", (lambda tmp, model, packed: (
+        ["pack", str(_symlink(model / "gone.json", tmp / "nowhere").parent)], model / "gone.json")),
+     "dangling symbolic link"),
+    ("verify an unpacked folder", (lambda tmp, model, packed: (["verify", str(model)], model)),
+     "not a packed folder"),
+    ("unpack an unpacked folder", (lambda tmp, model, packed: (
+        ["unpack", str(model), "-o", str(tmp / "out")], model)), "not a packed folder"),
+    ("info of an unpacked folder", (lambda tmp, model, packed: (["info", str(model)], model)),
+     "not a packed folder"),
+    ("verify a packed folder whose config.json was edited", (lambda tmp, model, packed: (
+        ["verify", str(_edit(packed / "config.json", b'{"edited": true}').parent)], packed / "config.json")),
+     "differs from the file recorded in weightpack.json"),
+    ("unpack a packed folder whose vocab.txt was deleted", (lambda tmp, model, packed: (
+        ["unpack", str(_unlink(packed / "vocab.txt")), "-o", str(tmp / "out")], packed)), "missing vocab.txt"),
+    ("verify a packed folder with a file added", (lambda tmp, model, packed: (
+        ["verify", str(_edit(packed / "extra.bin", b"?").parent)], packed)),
+     "not listed in weightpack.json: extra.bin"),
+]
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
+
+
+def _symlink(link, target):
+    link.symlink_to(target)
+    return link
+
+
+def _unlink(path):
+    path.unlink()
+    return path.parent

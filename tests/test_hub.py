@@ -39,7 +39,7 @@ def test_push_then_pull_restores_the_model_byte_for_byte(hub: FakeHub, minilm_di
     stored = hub.repos["alice/minilm"].commits[hub.repos["alice/minilm"].branches["main"]]
     assert "model.wpk" in stored and "model.safetensors" not in stored
     assert len(stored["model.wpk"]) < 0.67 * (src / "model.safetensors").stat().st_size
-    assert json.loads(stored["weightpack.json"])["files"]["model.wpk"]["original"] == "model.safetensors"
+    assert json.loads(stored["weightpack.json"])["archives"]["model.wpk"]["original"] == "model.safetensors"
     pulled = _pull(hub, tmp_path, "alice/minilm")
     assert sha256_tree(pulled) == sha256_tree(src)
 
@@ -97,9 +97,9 @@ def _cli(hub: FakeHub, tmp_path: Path, *args: str, offline: bool = False) -> sub
 def test_cli_push_and_pull_and_offline_mode(hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
     packed = weightpack.pack(minilm_dirs["BF16"], tmp_path / "packed")  # an already packed folder is pushed as is
     result = _cli(hub, tmp_path, "push", str(packed), "carol/cli", "--commit-message", "from the CLI", "-q")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # -q: huggingface_hub's bars too
     result = _cli(hub, tmp_path, "pull", "carol/cli", "-o", str(tmp_path / "out"), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr
     assert json.loads(result.stdout)["destination"] == str(tmp_path / "out")
     assert sha256_tree(tmp_path / "out") == sha256_tree(minilm_dirs["BF16"])
     hub.server.shutdown()  # the Hub is gone: offline mode serves the cached snapshot
@@ -130,3 +130,25 @@ def test_a_damaged_packed_folder_is_never_pushed(hub: FakeHub, minilm_dirs: dict
     with pytest.raises(WeightpackError, match="checksum mismatch"):
         wh.push(packed, "alice/damaged", token=TOKEN, endpoint=hub.url)
     assert "alice/damaged" not in hub.repos
+
+
+def test_a_delta_folder_is_pushed_and_pulled_with_its_base(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    from weightpack import minilm
+    from weightpack.safetensors_layout import write
+
+    base = minilm_dirs["BF16"]
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    write(tuned / "model.safetensors", minilm.finetune(minilm.load(base / minilm.CHECKPOINT), 0.01), {"format": "pt"})
+    (tuned / "config.json").write_bytes((base / "config.json").read_bytes())
+    wh.push(tuned, "dave/tuned", token=TOKEN, endpoint=hub.url, base=base)  # packed on the fly against it
+    assert sha256_tree(_pull(hub, tmp_path, "dave/tuned", base=base)) == sha256_tree(tuned)
+    packed = weightpack.pack(tuned, tmp_path / "packed", base=base)  # packed first: verified against it
+    result = _cli(hub, tmp_path, "push", str(packed), "dave/tuned2", "--base", str(base), "-q")
+    assert result.returncode == 0, result.stderr
+    result = _cli(hub, tmp_path, "pull", "dave/tuned2", "-o", str(tmp_path / "out"), "--base", str(base), "-q")
+    assert result.returncode == 0, result.stderr
+    assert sha256_tree(tmp_path / "out") == sha256_tree(tuned)
+    result = _cli(hub, tmp_path, "pull", "dave/tuned2", "-o", str(tmp_path / "nobase"), "-q")
+    assert result.returncode == 1 and "--base" in result.stderr and not (tmp_path / "nobase").exists()

@@ -46,7 +46,7 @@ def test_torch_tensors_are_bit_identical_to_safetensors(packed: dict[str, Path],
 def test_numpy_arrays_are_identical_to_safetensors(packed: dict[str, Path], minilm_dirs: dict[str, Path],
                                                    dtype: str) -> None:
     reference = safetensors.numpy.load_file(minilm_dirs[dtype] / minilm.CHECKPOINT)
-    loaded = weightpack.load_file(packed[dtype])
+    loaded = weightpack.load_file(packed[dtype], framework="np")
     for name, array in reference.items():
         assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array), name
 
@@ -107,7 +107,7 @@ def test_packed_folder_loads_into_transformers_without_writing_safetensors(minil
 
 def test_pack_unpack_and_numpy_loading_never_import_torch(bf16_file: Path, tmp_path: Path) -> None:
     code = (f"import sys, weightpack; p = weightpack.pack({str(bf16_file)!r}, {str(tmp_path / 'm.wpk')!r}); "
-            f"weightpack.unpack(p, {str(tmp_path / 'm.safetensors')!r}); weightpack.load_file(p); "
+            f"weightpack.unpack(p, {str(tmp_path / 'm.safetensors')!r}); weightpack.load_file(p, framework='np'); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -52,7 +52,7 @@ def test_sharded_folder_with_index_json_round_trips(minilm_dirs: dict[str, Path]
     packed = weightpack.pack(src, tmp_path / "packed")
     assert sorted(p.name for p in packed.iterdir()) == [
         "model-00001-of-00002.wpk", "model-00002-of-00002.wpk", "model.safetensors.index.json", "weightpack.json"]
-    entries = json.loads((packed / "weightpack.json").read_text())["files"]
+    entries = json.loads((packed / "weightpack.json").read_text())["archives"]
     assert entries["model-00001-of-00002.wpk"]["original"] == "model-00001-of-00002.safetensors"
     assert sha256_tree(weightpack.unpack(packed, tmp_path / "restored")) == sha256_tree(src)
 

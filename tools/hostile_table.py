@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import weightpack
 from tests.fuzzing import small_checkpoint
-from tests.hostile_cases import ARCHIVE_CASES, SAFETENSORS_CASES
+from tests.hostile_cases import ARCHIVE_CASES, FOLDER_CASES, SAFETENSORS_CASES
 from weightpack.cli import main
 
 
@@ -23,7 +23,23 @@ def refusal(args: list[str], path: Path) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(args)
-    return code, err.getvalue().strip().replace(str(path), path.name).replace("|", "\\|")
+    return code, err.getvalue().strip().replace(str(path) + "/", "").replace(str(path), path.name).replace("|", "\\|")
+
+
+def folder_rows(tmp: Path) -> None:
+    """Each folder/destination case in a fresh folder holding a small model and its packed copy."""
+    for k, (name, setup, _) in enumerate(FOLDER_CASES):
+        root = tmp / f"case{k}"
+        model = root / "model"
+        model.mkdir(parents=True)
+        small_checkpoint(model / "model.safetensors")
+        (model / "config.json").write_text("{}")
+        (model / "vocab.txt").write_text("[PAD]\n")
+        packed = weightpack.pack(model, root / "packed")
+        args, _ = setup(root, model, packed)
+        code, msg = refusal(args, root)
+        command = " ".join(a.replace(str(root) + "/", "").replace(str(root), ".") for a in args)
+        print(f"| {name} | `weightpack {command}` | {code} | `{msg.replace(root.name, '.')}` |")
 
 
 def main_table() -> None:
@@ -45,6 +61,13 @@ def main_table() -> None:
             code, msg = refusal(["unpack", str(bad), "-o", str(tmp / "out.safetensors")], bad)
             mark = " \u2020" if getattr(edit, "behind_valid_checksums", False) else ""
             print(f"| {name}{mark} | {code} | `{msg}` |")
+        print("\n## Folders and destinations\n")
+        print("Nothing the user owns is deleted or overwritten except what `-f` names: an existing folder given")
+        print("for a file's output receives it inside, `-f` replaces only an output of the same kind (a folder")
+        print("only if empty, packed, or an earlier output of the command), and a folder is checked whole against")
+        print("its `weightpack.json`. Each case leaves every file as it was.\n")
+        print("| input | command | exit | message |\n|---|---|---|---|")
+        folder_rows(tmp)
         print("\n## Checkpoints (`weightpack pack`)\n")
         print("| input | exit | message |\n|---|---|---|")
         for name, content, _ in SAFETENSORS_CASES:

@@ -19,6 +19,10 @@ _LAZY = {"pack": "api", "unpack": "api", "verify": "api", "info": "api", "safe_o
 __all__ = ["FormatError", "IntegrityError", "OutputExistsError", "WeightpackError", "__version__", *_LAZY]
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'weightpack' has no attribute {name!r}")

@@ -14,7 +14,10 @@ unpack a folder          ``model.wpk/``              ``model/``
 =======================  ==========================  ============================
 
 (A source without the expected suffix gets ``.wpk`` / ``.safetensors`` / ``.unpacked`` appended.)
-Every output is built under a temporary name, verified, and only then renamed into place.
+An existing folder given for a file's output receives it inside; see ``paths`` for every rule.
+Every output is built under a temporary name, verified, and only then renamed into place. A packed
+folder's ``weightpack.json`` lists every file with its size and sha256, and ``unpack`` and
+``verify`` check all of them.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import manifest
-from .atomic import atomic_output, check_free
+from .atomic import atomic_output
 from .container import (
     CHUNK_MODE_NAMES,
+    CHUNK_RAW,
     CODEC_NAMES,
+    CODEC_RANS,
+    CODEC_RAW,
     KIND_TENSOR,
     REF_COPY,
     REF_NONE,
@@ -47,11 +53,10 @@ from .container import (
     Segment,
 )
 from .errors import WeightpackError
+from .paths import MANIFEST, SAFETENSORS, WPK, destination, walk
 from .planes import layout
 from .sources import BaseSet, Dedup
 from .wpkfile import ArchiveReader, pack_stream
-
-SAFETENSORS, WPK = ".safetensors", ".wpk"
 
 
 @contextmanager
@@ -83,20 +88,6 @@ def _about(path: Path) -> Iterator[None]:
         raise WeightpackError(f"{name}: {exc.strerror or exc}") from None
 
 
-def _default_dst(src: Path, from_suffix: str, to_suffix: str, folder_suffix: str) -> Path:
-    if src.is_dir():
-        if from_suffix != WPK:
-            return src.with_name(src.name + WPK)
-        return src.with_name(src.name[:-len(WPK)] if src.name.endswith(WPK) else src.name + folder_suffix)
-    if src.name.endswith(from_suffix):
-        return src.with_name(src.name[:-len(from_suffix)] + to_suffix)
-    return src.with_name(src.name + to_suffix)
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
 # Set (by the CLI, on Ctrl-C or SIGTERM) to stop the operation at its next step; it then cleans up.
 CANCEL = threading.Event()
 
@@ -115,16 +106,30 @@ def _bar(total: int, enabled: bool, desc: str) -> tqdm:
                 leave=False)
 
 
-def copy_verified(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    if _sha256(src) != _sha256(dst):
-        raise WeightpackError(f"{dst}: copy does not match its source")
-
-
-def _sha256(path: Path) -> bytes:
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def copy_checked(src: Path, dst: Path, expected: str | None = None) -> manifest.File:
+    """Copy a file; check the copy against the source's sha256 (or ``expected``); return its record."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    before = expected or sha256_file(src)
+    shutil.copyfile(src, dst)
+    after = sha256_file(dst)
+    if after != before:
+        raise WeightpackError(f"{src}: differs from its recorded sha256 (copied {after[:16]}..., "
+                              f"expected {before[:16]}...)")
+    return manifest.File(dst.stat().st_size, after)
+
+
+def _source(src: str | os.PathLike) -> Path:
+    src = Path(src)
+    if not (src.exists() or src.is_symlink()):
+        raise WeightpackError(f"{src}: no such file or folder")
+    if not src.exists():
+        raise WeightpackError(f"{src}: dangling symbolic link")
+    return src
 
 
 def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm, base: BaseSet | None,
@@ -138,23 +143,39 @@ def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar
     return index
 
 
-def _check_entry(reader: ArchiveReader, expected: manifest.Entry | None) -> None:
+def _open(path: Path, pool: ThreadPoolExecutor, base: BaseSet | None = None) -> ArchiveReader:
+    with _about(path):
+        return ArchiveReader(path, pool, base)
+
+
+def _check_archive(reader: ArchiveReader, expected: manifest.Archive | None) -> None:
     """An archive of a packed folder must be what the folder's manifest says it is."""
     if expected is not None and (expected.original_sha256 != reader.sha256.hex()
                                  or expected.original_size != reader.index.original_size):
-        raise WeightpackError(f"does not match the sha256/size that {manifest.MANIFEST} records for it")
+        raise WeightpackError(f"does not match the sha256/size that {MANIFEST} records for it")
 
 
-def _unpack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, bar: tqdm, base: BaseSet | None,
-                 expected: manifest.Entry | None = None) -> None:
-    with _about(src), ArchiveReader(src, pool, base) as reader:
-        _check_entry(reader, expected)
+def _unpack_file(reader: ArchiveReader, tmp: Path, bar: tqdm) -> None:
+    with _about(reader.path):
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
                                   f"{tmp.parent} has {free} free")
         with open(tmp, "wb") as out:
             reader.restore(out, bar.update)
+
+
+def _packable(src: Path) -> tuple[list[Path], list[Path]]:
+    """(safetensors files, other files) of a model folder, refusing one that cannot be packed."""
+    files = walk(src)
+    for f in files:
+        if f.suffix == WPK or f.relative_to(src) == Path(MANIFEST):
+            raise WeightpackError(f"{f}: the folder holds weightpack files already; is it packed?")
+    weights = [f for f in files if f.suffix == SAFETENSORS]
+    if not weights:
+        raise WeightpackError(f"{src}: no .safetensors files in the folder: nothing to pack "
+                              "(weightpack packs safetensors checkpoints only)")
+    return weights, [f for f in files if f.suffix != SAFETENSORS]
 
 
 def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
@@ -166,112 +187,100 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
     ``threads`` defaults to every core; ``progress`` shows a tqdm bar on stderr. ``base`` (a file or
     folder, plain or packed) codes tensors matching a base tensor by name, dtype and shape as a delta
     to it; unpacking then needs the same base. Tensors identical to one stored earlier (in the same
-    file or another shard of the folder) are stored once.
+    file or another shard of the folder) are stored once. ``overwrite`` replaces only an output of
+    the same kind (see ``weightpack.paths``).
     """
-    src = Path(src)
-    if not src.exists():
-        raise WeightpackError(f"{src}: no such file or folder")
-    dst = Path(dst) if dst is not None else _default_dst(src, SAFETENSORS, WPK, WPK)
-    check_free(dst, overwrite)
-    with _workers(threads, base) as (pool, base_set):
-        if src.is_file():
-            with _bar(src.stat().st_size, progress, "pack") as bar, atomic_output(dst, overwrite) as tmp:
-                _pack_file(src, tmp, pool, verify, bar, base_set, Dedup())
-            return dst
-        files = _files(src)
-        for f in files:
-            if f.suffix == WPK or f.relative_to(src) == Path(manifest.MANIFEST):
-                raise WeightpackError(f"{f}: the folder holds weightpack files already; is it packed?")
-        entries, dedup = {}, Dedup()
-        with _bar(sum(f.stat().st_size for f in files), progress, "pack") as bar, \
-                atomic_output(dst, overwrite, directory=True) as tmp:
-            for f in files:
-                rel = f.relative_to(src)
-                if f.suffix == SAFETENSORS:
-                    out = tmp / rel.with_suffix(WPK)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    archive = rel.with_suffix(WPK).as_posix()
-                    index = _pack_file(f, out, pool, verify, bar, base_set, dedup, archive)
-                    entries[archive] = manifest.Entry(rel.as_posix(), index.original_size,
-                                                      index.original_sha256.hex())
-                else:
-                    with _about(f):
-                        copy_verified(f, tmp / rel)
-                    bar.update(f.stat().st_size)
-            (tmp / manifest.MANIFEST).write_bytes(manifest.dumps(entries))
+    src = _source(src)
+    dst = destination(src, dst, packing=True)
+    if src.is_file():
+        with _workers(threads, base) as (pool, base_set), _bar(src.stat().st_size, progress, "pack") as bar, \
+                atomic_output(dst, overwrite) as tmp:
+            _pack_file(src, tmp, pool, verify, bar, base_set, Dedup())
+        return dst
+    weights, others = _packable(src)
+    rel = {f: f.relative_to(src) for f in weights + others}
+    writes = [rel[f].with_suffix(WPK).as_posix() for f in weights] + [rel[f].as_posix() for f in others] + [MANIFEST]
+    with _workers(threads, base) as (pool, base_set), \
+            _bar(sum(f.stat().st_size for f in rel), progress, "pack") as bar, \
+            atomic_output(dst, overwrite, directory=True, writes=writes) as tmp:
+        record, dedup = manifest.Manifest(), Dedup()
+        for f in weights:
+            archive = rel[f].with_suffix(WPK).as_posix()
+            (tmp / archive).parent.mkdir(parents=True, exist_ok=True)
+            index = _pack_file(f, tmp / archive, pool, verify, bar, base_set, dedup, archive)
+            record.archives[archive] = manifest.Archive(rel[f].as_posix(), index.original_size,
+                                                        index.original_sha256.hex())
+        for f in others:
+            with _about(f):
+                record.files[rel[f].as_posix()] = copy_checked(f, tmp / rel[f])
+            bar.update(f.stat().st_size)
+        (tmp / MANIFEST).write_bytes(record.dumps())
     return dst
+
+
+def _packed_folder(src: Path) -> manifest.Manifest:
+    """The manifest of a packed folder, checked to list exactly the files the folder holds."""
+    record = manifest.read(src)
+    record.check_listing(src, [f.relative_to(src).as_posix() for f in walk(src)])
+    return record
 
 
 def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
            threads: int | None = None, progress: bool = False, base: str | os.PathLike | None = None) -> Path:
     """Restore the original file or folder from a .wpk or packed folder; return the destination.
 
-    Each restored file's sha256 is checked against the one recorded at packing before it is published.
-    ``base`` is required for archives packed against one, and must be that same base (checked by sha256).
+    Each restored file's sha256 is checked against the one recorded at packing before it is published;
+    in a folder, every file is checked against ``weightpack.json``. ``base`` is required for archives
+    packed against one, and must be that same base (checked by sha256).
     """
-    src = Path(src)
-    if not src.exists():
-        raise WeightpackError(f"{src}: no such file or folder")
-    dst = Path(dst) if dst is not None else _default_dst(src, WPK, SAFETENSORS, ".unpacked")
-    check_free(dst, overwrite)
+    src = _source(src)
+    dst = destination(src, dst, packing=False)
     with _workers(threads, base) as (pool, base_set):
         if src.is_file():
-            with _bar(src.stat().st_size, progress, "unpack") as bar, atomic_output(dst, overwrite) as tmp:
-                _unpack_file(src, tmp, pool, bar, base_set)
+            with _open(src, pool, base_set) as reader, _bar(reader.index.original_size, progress, "unpack") as bar, \
+                    atomic_output(dst, overwrite) as tmp:
+                _unpack_file(reader, tmp, bar)
             return dst
-        files = _files(src)
-        entries = _manifest_entries(src, files)
-        names = {f.relative_to(src) for f in files}
-        total = sum(e.original_size for e in entries.values()) if entries else 0
-        with _bar(total, progress, "unpack") as bar, atomic_output(dst, overwrite, directory=True) as tmp:
-            for f in files:
-                rel = f.relative_to(src)
-                if rel == Path(manifest.MANIFEST) and entries is not None:
-                    continue
-                if f.suffix != WPK:
-                    with _about(f):
-                        copy_verified(f, tmp / rel)
-                    continue
-                entry = entries[rel.as_posix()] if entries is not None else None
-                original = Path(entry.original) if entry else rel.with_suffix(SAFETENSORS)
-                if original in names:
-                    raise WeightpackError(f"{f}: both it and {original} exist")
-                (tmp / original).parent.mkdir(parents=True, exist_ok=True)
-                _unpack_file(f, tmp / original, pool, bar, base_set, entry)
+        record = _packed_folder(src)
+        total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
+        with _bar(total, progress, "unpack") as bar, \
+                atomic_output(dst, overwrite, directory=True, writes=record.restored_names()) as tmp:
+            for name, entry in record.files.items():
+                with _about(src / name):
+                    copy_checked(src / name, tmp / name, entry.sha256)
+                bar.update(entry.size)
+            for name, entry in record.archives.items():
+                (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
+                with _open(src / name, pool, base_set) as reader:
+                    with _about(reader.path):
+                        _check_archive(reader, entry)
+                    _unpack_file(reader, tmp / entry.original, bar)
     return dst
 
 
-def _manifest_entries(folder: Path, files: list[Path]) -> dict[str, manifest.Entry] | None:
-    """The packed folder's manifest, checked to list exactly the archives the folder holds."""
-    entries = manifest.read(folder)
-    archives = {f.relative_to(folder).as_posix() for f in files if f.suffix == WPK}
-    if entries is not None and set(entries) != archives:
-        raise WeightpackError(f"{folder / manifest.MANIFEST}: lists {sorted(entries)} but the folder holds "
-                              f"{sorted(archives)}")
-    return entries
-
-
 def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False,
-           base: str | os.PathLike | None = None) -> int:
-    """Fully decode a .wpk (or every .wpk of a packed folder, checked against its manifest) and check
-    all checksums and sha256s; write nothing. Return the number of archives checked."""
-    src = Path(src)
-    if not src.exists():
-        raise WeightpackError(f"{src}: no such file or folder")
-    entries = None
-    if src.is_file():
-        files = [src]
-    else:
-        everything = _files(src)
-        files, entries = [f for f in everything if f.suffix == WPK], _manifest_entries(src, everything)
+           base: str | os.PathLike | None = None) -> dict[str, int]:
+    """Fully decode a .wpk, or check a whole packed folder against its ``weightpack.json`` (every
+    archive decoded, every other file's size and sha256); write nothing.
+
+    Return ``{"archives": n, "files": m}``, what was checked.
+    """
+    src = _source(src)
+    record = manifest.Manifest() if src.is_file() else _packed_folder(src)
+    archives = [src] if src.is_file() else [src / name for name in record.archives]
     with _workers(threads, base) as (pool, base_set), \
-            _bar(sum(f.stat().st_size for f in files), progress, "verify") as bar:
-        for f in files:
+            _bar(sum(f.stat().st_size for f in archives) + sum(f.size for f in record.files.values()), progress,
+                 "verify") as bar:
+        for name, entry in record.files.items():
+            with _about(src / name):
+                record.check_file(name, (src / name).stat().st_size, sha256_file(src / name), src / name)
+            bar.update(entry.size)
+        for f in archives:
             with _about(f), ArchiveReader(f, pool, base_set) as reader:
-                _check_entry(reader, entries.get(f.relative_to(src).as_posix()) if entries else None)
+                _check_archive(reader, record.archives.get(f.relative_to(src).as_posix()) if src.is_dir() else None)
                 reader.restore(None)
             bar.update(f.stat().st_size)
-    return len(files)
+    return {"archives": len(archives), "files": len(record.files)}
 
 
 def _describe_reference(seg: Segment, index: Index) -> str:
@@ -284,13 +293,26 @@ def _describe_reference(seg: Segment, index: Index) -> str:
 
 
 def info(src: str | os.PathLike) -> dict:
-    """Describe a .wpk from its index alone: per tensor and plane, the codec, bits achieved, and the bound.
+    """Describe a .wpk, or each archive of a packed folder then its totals, from the indexes alone.
 
-    The bound is the order-0 empirical entropy of each plane of each tensor: what a static per-tensor
-    order-0 coder cannot beat. ``bits`` are stored bits per symbol, tables and chunk states included.
+    Per tensor and plane: the codec, bits achieved, and the plane bound: the order-0 empirical
+    entropy of each plane of each tensor, what a static per-tensor coder of weightpack's planes
+    cannot beat. ``bits`` are stored bits per symbol, tables and chunk states included.
     """
-    src = Path(src)
-    with _about(src), _workers(1) as (pool, _), ArchiveReader(src, pool) as reader:
+    src = _source(src)
+    if src.is_file():
+        return _info_file(src)
+    record = _packed_folder(src)
+    archives = [_info_file(src / name) for name in record.archives]
+    kept = sum(f.size for f in record.files.values())
+    original = sum(a["original_bytes"] for a in archives) + kept
+    packed = sum(a["packed_bytes"] for a in archives) + kept + (src / MANIFEST).stat().st_size
+    return {"folder": str(src), "archives": archives, "files": len(record.files), "original_bytes": original,
+            "packed_bytes": packed, "ratio": packed / original if original else 0.0}
+
+
+def _info_file(src: Path) -> dict:
+    with _workers(1) as (pool, _), _open(src, pool) as reader:
         index = reader.index
         file_size = src.stat().st_size
         tensors = _describe_tensors(index)
@@ -312,14 +334,21 @@ def _chunk_modes(plane: PlaneRecord) -> dict[str, int]:
     return {name: sum(c.mode == mode for c in plane.chunks) for mode, name in CHUNK_MODE_NAMES.items()}
 
 
+def _codec_name(plane: PlaneRecord) -> str:
+    """The codec a plane really uses: a rANS plane whose chunks are all stored raw is raw."""
+    if plane.codec == CODEC_RANS and plane.chunks and all(c.mode == CHUNK_RAW for c in plane.chunks):
+        return CODEC_NAMES[CODEC_RAW]
+    return CODEC_NAMES[plane.codec]
+
+
 def _describe_tensors(index: Index) -> list[dict]:
     tensors = []
     for seg in index.segments:
         if seg.kind != KIND_TENSOR:
             continue
         plane_rows = [{
-            "plane": spec.name, "codec": CODEC_NAMES[p.codec] + (f"({TRANSFORM_NAMES[p.transform]})"
-                                                                 if p.transform else ""),
+            "plane": spec.name, "codec": _codec_name(p) + (f"({TRANSFORM_NAMES[p.transform]})"
+                                                          if p.transform else ""),
             "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
             "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
             "chunks": _chunk_modes(p),

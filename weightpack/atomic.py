@@ -1,7 +1,10 @@
 """Atomic outputs: build under a temporary name beside the destination, publish by rename when complete.
 
 Whatever happens before publication (an exception, Ctrl-C, a full disk), the temporary is removed
-and nothing appears under the final name. Existing outputs are replaced only when asked to.
+and nothing appears under the final name. Existing outputs are replaced only when asked to, and only
+by an output of the same kind (see ``paths.check_destination``). A temporary left by a process that
+was killed outright (SIGKILL, power loss) is named after its writer's host and process id, and the
+next run writing the same destination removes it once that process is gone.
 """
 
 from __future__ import annotations
@@ -9,23 +12,49 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, WeightpackError
+from .paths import check_destination
+
+PARTIAL = ".wpk-partial"
 
 
 def _temporary(final: Path) -> Path:
-    return final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.wpk-partial"
+    """``.NAME.HOST.PID.RANDOM.wpk-partial`` beside ``final``: hidden, and traceable to its writer."""
+    return final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}{PARTIAL}"
 
 
-def check_free(final: Path, overwrite: bool) -> None:
-    """Refuse early if ``final`` exists and may not be replaced."""
-    if (final.exists() or final.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{final}: already exists (use -f / overwrite=True to replace it)")
+def _writer_gone(host: str, pid: str) -> bool:
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's (shared storage), or not ours: left alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def remove_stale(final: Path) -> list[Path]:
+    """Remove temporaries of ``final`` whose writing process no longer exists; return them."""
+    prefix = f".{final.name}."
+    stale = []
+    if not final.parent.is_dir():
+        return stale
+    for p in final.parent.iterdir():
+        if p.name.startswith(prefix) and p.name.endswith(PARTIAL):
+            parts = p.name[len(prefix):-len(PARTIAL)].rsplit(".", 2)
+            if len(parts) == 3 and _writer_gone(parts[0], parts[1]):
+                _remove(p)
+                stale.append(p)
+    return stale
 
 
 def _remove(path: Path) -> None:
@@ -36,26 +65,38 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_output(final: Path, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
+def atomic_output(final: Path, overwrite: bool = False, directory: bool = False,
+                  writes: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a temporary path (a new empty folder if ``directory``) to fill; publish it as ``final``.
 
     The caller writes and verifies everything inside the ``with`` block; only a block that completes
-    publishes. Files are fsynced before the rename so that a crash cannot publish a hole.
+    publishes. Files are fsynced before the rename so that a crash cannot publish a hole. Errors
+    name ``final``, never the temporary. ``writes``: see ``paths.check_destination``.
     """
-    final = Path(final)
-    check_free(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    final, writes = Path(final), list(writes)
+    check_destination(final, overwrite, directory, writes)
     tmp = _temporary(final)
     try:  # from the first byte on disk: an interrupt anywhere below still removes the temporary
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(final)
         if directory:
             tmp.mkdir()
         yield tmp
         _fsync_tree(tmp)
         with _signals_deferred():
-            _publish(tmp, final, overwrite)
-    except BaseException:
+            _publish(tmp, final, overwrite, directory, writes)
+    except BaseException as exc:
         _remove(tmp)
+        if isinstance(exc, (OSError, WeightpackError)) and str(tmp) in str(exc):
+            raise _renamed(exc, str(tmp), str(final)) from None
         raise
+
+
+def _renamed(exc: BaseException, tmp: str, final: str) -> BaseException:
+    """The same error, naming the user's path instead of the temporary one."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return type(exc)(exc.errno, exc.strerror, os.fspath(exc.filename).replace(tmp, final))
+    return type(exc)(str(exc).replace(tmp, final))
 
 
 @contextmanager
@@ -82,7 +123,7 @@ def _fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
-def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
+def _publish(tmp: Path, final: Path, overwrite: bool, directory: bool, writes: list[str]) -> None:
     if not (final.exists() or final.is_symlink()):
         if tmp.is_dir():
             os.rename(tmp, final)  # fails if a non-empty folder appeared meanwhile
@@ -96,8 +137,8 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
         else:
             tmp.unlink()
         return
-    check_free(final, overwrite)
-    if tmp.is_file() and not final.is_dir():
+    check_destination(final, overwrite, directory, writes)  # again: it may have changed meanwhile
+    if not directory:
         os.replace(tmp, final)
         return
     old = _temporary(final)

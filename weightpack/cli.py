@@ -15,6 +15,9 @@ from pathlib import Path
 from . import __version__
 from .errors import WeightpackError
 
+EXIT_CODES = ("exit status: 0 success; 1 error (one line on stderr naming the file, nothing left behind); "
+              "2 usage error; 130 interrupted (Ctrl-C or SIGTERM; nothing left behind)")
+
 
 def _size(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
@@ -55,10 +58,16 @@ def _unpack(args: argparse.Namespace) -> dict:
 def _verify(args: argparse.Namespace) -> dict:
     from . import api
 
-    count = api.verify(args.src, threads=args.threads, progress=args.progress, base=args.base)
+    checked = api.verify(args.src, threads=args.threads, progress=args.progress, base=args.base)
     if not args.quiet and not args.json:
-        print(f"{args.src}: OK ({count} archive{'s' if count != 1 else ''} decoded, every checksum and sha256 match)")
-    return {"source": str(args.src), "archives": count, "ok": True}
+        files = f", {_count(checked['files'], 'other file')} match weightpack.json" if Path(args.src).is_dir() else ""
+        print(f"{args.src}: OK ({_count(checked['archives'], 'archive')} decoded, every checksum and sha256 "
+              f"match{files})")
+    return {"source": str(args.src), **checked, "ok": True}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _modes(chunks: dict[str, int]) -> str:
@@ -74,8 +83,21 @@ def _info(args: argparse.Namespace) -> dict:
     report = api.info(args.src)
     if args.json or args.quiet:
         return report
+    if "folder" not in report:
+        _print_archive(report)
+        return report
+    for archive in report["archives"]:
+        print(f"== {archive['file']}")
+        _print_archive(archive)
+        print()
+    print(f"folder {report['folder']}: {len(report['archives'])} archives and {_count(report['files'], 'other file')}, "
+          f"{_size(report['original_bytes'])} -> {_size(report['packed_bytes'])} ({100 * report['ratio']:.3f}%)")
+    return report
+
+
+def _print_archive(report: dict) -> None:
     print(f"{'tensor':<48} {'dtype':<6} {'shape':<14} {'packed':>8}  "
-          "planes: codec[chunk modes] bits/symbol (order-0 bound)")
+          "planes: codec[chunk modes] bits/symbol (plane bound)")
     for t in report["tensors"]:
         ratio = t["packed_bytes"] / t["original_bytes"] if t["original_bytes"] else 0.0
         planes = "  ".join(f"{p['plane']}:{p['codec']}{_modes(p['chunks'])} {p['bits']:.3f} ({p['bound_bits']:.3f})"
@@ -88,16 +110,16 @@ def _info(args: argparse.Namespace) -> dict:
     print(f"\nfile: {_size(report['original_bytes'])} -> {_size(report['packed_bytes'])} "
           f"({100 * report['ratio']:.3f}%), sha256 {report['sha256']}")
     print(f"tensor data: packed {100 * report['tensor_packed_bytes'] / tb:.3f}% of original; "
-          f"order-0 per-plane bound {100 * report['tensor_bound_bytes'] / tb:.3f}% "
+          f"plane bound {100 * report['tensor_bound_bytes'] / tb:.3f}% "
           f"(gap {100 * (report['tensor_packed_bytes'] - report['tensor_bound_bytes']) / tb:+.3f} pp)")
-    return report
 
 
 def _push(args: argparse.Namespace) -> dict:
     from . import hub
 
     commit = hub.push(args.src, args.repo_id, revision=args.revision, private=args.private, token=args.token,
-                      commit_message=args.commit_message, threads=args.threads, progress=args.progress)
+                      commit_message=args.commit_message, threads=args.threads, progress=args.progress,
+                      base=args.base)
     if not args.quiet and not args.json:
         print(f"pushed {args.src} to {args.repo_id} (commit {commit})")
     return {"source": str(args.src), "repo_id": args.repo_id, "commit": commit}
@@ -107,7 +129,7 @@ def _pull(args: argparse.Namespace) -> dict:
     from . import hub
 
     dst = hub.pull(args.repo_id, args.output, revision=args.revision, token=args.token, overwrite=args.force,
-                   threads=args.threads, progress=args.progress)
+                   threads=args.threads, progress=args.progress, base=args.base)
     if not args.quiet and not args.json:
         print(f"pulled {args.repo_id} -> {dst}")
     return {"repo_id": args.repo_id, "destination": str(dst)}
@@ -119,38 +141,56 @@ def _demo(args: argparse.Namespace) -> dict:
     return run_demo(threads=args.threads, quiet=args.quiet or args.json)
 
 
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+FORCE_HELP = ("replace an existing output of the same kind (a file; a folder only if empty, packed, or an "
+              "earlier output of this command)")
+BASE_HELP = "the base checkpoint (file or folder, plain or packed) the model was or is packed against"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weightpack", description="Lossless compression of safetensors checkpoints.")
+    parser = argparse.ArgumentParser(prog="weightpack", description="Lossless compression of safetensors checkpoints.",
+                                     epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"weightpack {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    common.add_argument("-j", "--threads", type=int, default=None, metavar="N", help="threads (default: all cores)")
+    common.add_argument("-j", "--threads", type=_threads, default=None, metavar="N",
+                        help="threads (default: all cores)")
     common.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p = sub.add_parser(name, parents=[common], help=help, description=help, epilog=EXIT_CODES)
         p.set_defaults(func=func)
         return p
 
     p = command("pack", _pack, "pack a .safetensors file or a model folder")
     p.add_argument("src", type=Path, help="X.safetensors or a model folder")
-    p.add_argument("-o", "--output", type=Path, help="destination (default: X.wpk, or FOLDER.wpk/ for a folder)")
-    p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
+    p.add_argument("-o", "--output", help="destination (default: X.wpk, or FOLDER.wpk/ for a folder); an existing "
+                                          "folder, or a name ending in /, receives a file's output inside")
+    p.add_argument("-f", "--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--no-verify", action="store_true", help="skip decoding the new archive before publishing it")
-    p.add_argument("--base", type=Path, help="base checkpoint (file or folder, plain or packed): code tensors "
-                                            "matching it by name, dtype and shape as deltas to it")
+    p.add_argument("--base", type=Path, help=BASE_HELP + ": tensors matching it by name, dtype and shape are "
+                                            "coded as deltas to it")
     p = command("unpack", _unpack, "restore the original files from a .wpk or a packed folder")
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
-    p.add_argument("-o", "--output", type=Path,
-                   help="destination (default: X.safetensors, or FOLDER/ for FOLDER.wpk/)")
-    p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
-    p.add_argument("--base", type=Path, help="the base checkpoint the archive was packed against")
+    p.add_argument("-o", "--output", help="destination (default: X.safetensors, or FOLDER/ for FOLDER.wpk/); an "
+                                          "existing folder, or a name ending in /, receives a file's output inside")
+    p.add_argument("-f", "--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--base", type=Path, help=BASE_HELP)
     p = command("verify", _verify, "decode an archive fully and check every checksum; write nothing")
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
-    p.add_argument("--base", type=Path, help="the base checkpoint the archive was packed against")
+    p.add_argument("--base", type=Path, help=BASE_HELP)
     p = command("info", _info, "show per tensor and plane: codec, bits achieved, order-0 bound")
-    p.add_argument("src", type=Path, help="X.wpk")
+    p.add_argument("src", type=Path, help="X.wpk or a packed folder")
     p = command("push", _push, "pack a model folder (unless packed) and upload it to the Hugging Face Hub")
     p.add_argument("src", type=Path, help="a model folder, packed or not")
     p.add_argument("repo_id", help="user/name of the model repo (created if needed)")
@@ -158,12 +198,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
     p.add_argument("--commit-message", help="commit message")
+    p.add_argument("--base", type=Path, help=BASE_HELP)
     p = command("pull", _pull, "download a repo from the Hub and restore its original files")
     p.add_argument("repo_id", help="user/name of the model repo")
     p.add_argument("-o", "--output", type=Path, help="destination folder (default: the repo's name)")
-    p.add_argument("-f", "--force", action="store_true", help="replace an existing destination")
+    p.add_argument("-f", "--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--revision", help="branch, tag or commit (default main)")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    p.add_argument("--base", type=Path, help=BASE_HELP)
     command("demo", _demo, "pack and unpack the real all-MiniLM-L6-v2 in F32, BF16 and F16")
     return parser
 
@@ -218,8 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    if args.threads is not None and args.threads < 1:
-        _parser().error("--threads must be at least 1")
     args.progress = not args.quiet and not args.json and sys.stderr.isatty()
     try:
         result = _run_cancellable(args)

@@ -1,6 +1,6 @@
 """``weightpack demo``: pack and unpack the real all-MiniLM-L6-v2 folder in F32, BF16 and F16.
 
-Shows what a user gets on a real model: packed size, the order-0 bound, speed, and that every
+Shows what a user gets on a real model: packed size, the plane bound, speed, and that every
 restored file is byte-identical (sha256) to the original.
 """
 
@@ -43,12 +43,13 @@ def run_demo(threads: int | None = None, quiet: bool = False) -> dict:
             })
     if not quiet:
         print("all-MiniLM-L6-v2 (22.7M parameters), model folder packed and unpacked:\n")
-        print(f"{'dtype':<6} {'original':>10} {'packed':>10} {'ratio':>8} {'order-0':>8} "
+        print(f"{'dtype':<6} {'original':>10} {'packed':>10} {'ratio':>8} {'bound':>8} "
               f"{'pack':>11} {'unpack':>11}  byte-identical")
         for r in rows:
             print(f"{r['dtype']:<6} {r['original_bytes'] / 1e6:7.1f} MB {r['packed_bytes'] / 1e6:7.1f} MB "
                   f"{100 * r['ratio']:7.2f}% {100 * r['bound_ratio']:7.2f}% {r['pack_MBps']:6.0f} MB/s "
                   f"{r['unpack_MBps']:6.0f} MB/s  {'yes (sha256 equal)' if r['identical'] else 'NO'}")
-        print("\nratio = packed/original checkpoint; order-0 = the per-tensor order-0 entropy of weightpack's planes\n"
-              "(what a static per-tensor coder of them cannot beat; per-chunk tables go below it).")
+        print("\nratio = packed/original checkpoint; bound = the plane bound: the order-0 entropy of each of\n"
+              "weightpack's planes, per tensor (what a static per-tensor coder of them cannot beat; per-chunk tables\n"
+              "go below it). benchmarks/RESULTS.md also quotes the classic order-0 limit of whole-byte planes.")
     return {"model": "all-MiniLM-L6-v2", "results": rows, "ok": all(r["identical"] for r in rows)}

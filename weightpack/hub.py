@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import api, manifest
-from .atomic import atomic_output, check_free
+from . import api
+from .atomic import atomic_output
 from .errors import WeightpackError
+from .paths import MANIFEST, check_destination, walk
 
 
 @contextmanager
@@ -51,13 +52,29 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+@contextmanager
+def _hub_bars(enabled: bool) -> Iterator[None]:
+    """huggingface_hub's own progress bars, silenced unless ``enabled`` (``-q``, ``--json``, a pipe)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not enabled:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 def push(src: str | os.PathLike, repo_id: str, *, revision: str | None = None, private: bool = False,
          token: str | None = None, commit_message: str | None = None, endpoint: str | None = None,
-         threads: int | None = None, progress: bool = False) -> str:
+         threads: int | None = None, progress: bool = False, base: str | os.PathLike | None = None) -> str:
     """Upload a model folder packed (packing it on the fly unless it is packed already); return the commit id.
 
     Creates the repo (and the ``revision`` branch) if needed. Uses ``HfApi.upload_folder``, with
-    huggingface_hub's own progress bars.
+    huggingface_hub's own progress bars when ``progress``. ``base``: the base checkpoint of a delta
+    folder (to pack against, or to verify an already packed folder with).
     """
     from huggingface_hub import HfApi
 
@@ -66,13 +83,13 @@ def push(src: str | os.PathLike, repo_id: str, *, revision: str | None = None, p
         raise WeightpackError(f"{src}: push takes a model folder (packed or not)")
     hf = HfApi(endpoint=endpoint, token=token)
     with tempfile.TemporaryDirectory(prefix="weightpack-push-") as tmp:
-        if (src / manifest.MANIFEST).is_file():  # packed already: check it fully before publishing it
-            api.verify(src, threads=threads, progress=progress)
+        if (src / MANIFEST).is_file():  # packed already: check it fully before publishing it
+            api.verify(src, threads=threads, progress=progress, base=base)
             folder = src
         else:  # packing verifies each archive it writes
-            folder = api.pack(src, Path(tmp) / "packed", threads=threads, progress=progress)
+            folder = api.pack(src, Path(tmp) / "packed", threads=threads, progress=progress, base=base)
         message = commit_message or f"Upload {src.name} packed with weightpack"
-        with _hub_errors(repo_id):
+        with _hub_errors(repo_id), _hub_bars(progress):
             hf.create_repo(repo_id, private=private, exist_ok=True)
             if revision is not None:
                 hf.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -83,22 +100,27 @@ def push(src: str | os.PathLike, repo_id: str, *, revision: str | None = None, p
 
 def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | None = None,
          token: str | None = None, overwrite: bool = False, cache_dir: str | os.PathLike | None = None,
-         endpoint: str | None = None, threads: int | None = None, progress: bool = False) -> Path:
+         endpoint: str | None = None, threads: int | None = None, progress: bool = False,
+         base: str | os.PathLike | None = None) -> Path:
     """Download a repo and restore its original files into ``dst`` (default: the repo's name); return it.
 
-    A packed repo is unpacked and every restored file checked against its sha256; a repo that is not
-    packed is simply downloaded. Nothing appears at ``dst`` unless everything succeeded.
+    A packed repo is unpacked and every file checked against its ``weightpack.json``; a repo that is
+    not packed is simply downloaded. Nothing appears at ``dst`` unless everything succeeded.
+    ``base``: the base checkpoint a delta repo was packed against.
     """
     from huggingface_hub import snapshot_download
 
     dst = Path(dst) if dst is not None else Path(repo_id.rstrip("/").split("/")[-1])
-    check_free(dst, overwrite)
-    with _hub_errors(repo_id):
+    if not overwrite:  # refuse before downloading; what -f may replace is decided once the files are known
+        check_destination(dst, overwrite, folder=True)
+    with _hub_errors(repo_id), _hub_bars(progress):
         snapshot = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
                                           endpoint=endpoint))
-    if (snapshot / manifest.MANIFEST).is_file():
-        return api.unpack(snapshot, dst, overwrite=overwrite, threads=threads, progress=progress)
-    with atomic_output(dst, overwrite, directory=True) as tmp:
-        for f in sorted(p for p in snapshot.rglob("*") if p.is_file()):
-            api.copy_verified(f, tmp / f.relative_to(snapshot))
+    if (snapshot / MANIFEST).is_file():
+        return api.unpack(snapshot, dst, overwrite=overwrite, threads=threads, progress=progress, base=base)
+    files = walk(snapshot)
+    names = [f.relative_to(snapshot).as_posix() for f in files]
+    with atomic_output(dst, overwrite, directory=True, writes=names) as tmp:
+        for f, name in zip(files, names):
+            api.copy_checked(f, tmp / name)
     return dst

@@ -2,7 +2,8 @@
 
 Only the tensors (and, for ``get_slice``, only the chunks) asked for are decoded. Frameworks:
 
-- ``"pt"``: torch tensors of the matching dtype (BF16 is ``torch.bfloat16``); torch is imported only here.
+- ``"pt"`` (the default everywhere): torch tensors of the matching dtype (BF16 is ``torch.bfloat16``);
+  torch is imported only here.
 - ``"np"``: numpy arrays. numpy has no bfloat16 or float8, so those come back as their raw bit
   patterns: BF16 as ``uint16``, F8_E4M3 / F8_E5M2 / F8_E8M0 as ``uint8`` (lossless; for BF16,
   ``(a.astype(np.uint32) << 16).view(np.float32)`` gives the exact float32 values).
@@ -20,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import manifest
 from .container import KIND_BYTES, Segment
 from .errors import FormatError, WeightpackError
 from .safetensors_layout import parse_header
 from .sources import BaseSet
 from .wpkfile import ArchiveReader
 
+DEFAULT_FRAMEWORK = "pt"  # as safetensors.torch; "np" for numpy arrays without torch
 NUMPY_DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32,
     "I32": np.int32, "U64": np.uint64, "I64": np.int64, "F16": np.float16, "F32": np.float32, "F64": np.float64,
@@ -42,7 +45,10 @@ def _as_framework(data: np.ndarray, dtype: str, shape: tuple[int, ...], framewor
     array = data.view(np.dtype(NUMPY_DTYPES[dtype]).newbyteorder("<")).reshape(shape)
     if framework == "np":
         return array
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise WeightpackError("framework='pt' needs torch (pip install torch), or pass framework='np'") from None
 
     raw = torch.from_numpy(data.copy()) if data.size else torch.empty(0, dtype=torch.uint8)
     return raw.view(getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
@@ -86,7 +92,7 @@ class TensorSlice:
 class safe_open:
     """Open a .wpk for reading tensors by name, like ``safetensors.safe_open(path, framework)``."""
 
-    def __init__(self, path: str | os.PathLike, framework: str = "np", device: str = "cpu",
+    def __init__(self, path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, device: str = "cpu",
                  threads: int | None = None, base: str | os.PathLike | None = None) -> None:
         if framework not in ("np", "numpy", "pt", "torch"):
             raise WeightpackError(f"unsupported framework {framework!r} (use 'np' or 'pt')")
@@ -149,17 +155,22 @@ class safe_open:
         return iter(self.keys())
 
 
-def load_file(path: str | os.PathLike, framework: str = "np", threads: int | None = None,
+def load_file(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threads: int | None = None,
               base: str | os.PathLike | None = None) -> dict:
     """Every tensor of a .wpk as ``{name: tensor}``, like ``safetensors.{numpy,torch}.load_file``."""
     with safe_open(path, framework, threads=threads, base=base) as f:
         return {name: f.get_tensor(name) for name in f}
 
 
-def load_folder(path: str | os.PathLike, framework: str = "pt", threads: int | None = None,
+def load_folder(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threads: int | None = None,
                 base: str | os.PathLike | None = None) -> dict:
-    """One state dict from every .wpk of a packed model folder (all shards), without writing files."""
+    """One state dict from every archive of a packed model folder (all shards), without writing files.
+
+    A missing folder, or one that is not packed (no ``weightpack.json``), is an error rather than an
+    empty state dict: loaded with ``strict=False``, that would be a randomly initialised model.
+    """
+    folder = Path(path)
     state: dict = {}
-    for wpk in sorted(Path(path).rglob("*.wpk")):
-        state.update(load_file(wpk, framework, threads, base))
+    for name in manifest.read(folder).archives:
+        state.update(load_file(folder / name, framework, threads, base))
     return state
