@@ -7,37 +7,45 @@ import io
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import weightpack
-from weightpack import api
+from weightpack import api, wpkfile
 from weightpack.cli import main
 from weightpack.errors import WeightpackError
 
 
-class _FailingFile(io.FileIO):
-    """A real file that fails like a full disk (or is interrupted) once ``budget`` bytes are written."""
-
-    budget = 0
-    error: BaseException = OSError(errno.ENOSPC, "No space left on device")
-
-    def write(self, data: bytes) -> int:
-        if _FailingFile.budget < len(data):
-            raise _FailingFile.error
-        _FailingFile.budget -= len(data)
-        return super().write(data)
-
-
 @pytest.fixture
 def failing_disk(monkeypatch: pytest.MonkeyPatch):
-    """Make weightpack's own output files fail after a byte budget (fault injection at its write call)."""
+    """Make weightpack's own output writes fail after a byte budget (fault injection at its write calls:
+    the archive stream of pack, and the positioned writes of unpack's worker threads)."""
     def set_up(budget: int, error: BaseException) -> None:
-        _FailingFile.budget, _FailingFile.error = budget, error
-        monkeypatch.setattr(api, "open", lambda path, mode="r": _FailingFile(path, mode.replace("b", "")),
+        left, lock = [budget], threading.Lock()
+
+        def spend(n: int) -> None:
+            with lock:
+                if left[0] < n:
+                    raise error
+                left[0] -= n
+
+        class FailingFile(io.FileIO):
+            def write(self, data: bytes) -> int:
+                spend(len(data))
+                return super().write(data)
+
+        real_write_at = wpkfile.write_at
+
+        def write_at(fd: int, data, offset: int) -> None:
+            spend(data.nbytes)
+            real_write_at(fd, data, offset)
+
+        monkeypatch.setattr(api, "open", lambda path, mode="r": FailingFile(path, mode.replace("b", "")),
                             raising=False)
+        monkeypatch.setattr(wpkfile, "write_at", write_at)
     return set_up
 
 

@@ -74,11 +74,18 @@ def test_keys_metadata_and_slices_mirror_safetensors(packed: dict[str, Path], mi
 def test_only_the_rows_asked_for_are_decoded(packed: dict[str, Path]) -> None:
     with weightpack.safe_open(packed["F32"], framework="np") as f:
         reader, decoded = f._reader, []
-        original = reader.stripes
-        reader.stripes = lambda seg, first=0, end=None, parallel=True: decoded.append((first, end)) or original(
-            seg, first, end, parallel)
-        f.get_slice("embeddings.word_embeddings.weight")[10:12]
-    assert decoded == [(10 * 384, 12 * 384)]
+        original = reader._stripes
+
+        def spy(seg, first=0, end=None):
+            stripes = original(seg, first, end)
+            decoded.extend(k for k, _, _ in stripes)
+            return stripes
+        reader._stripes = spy
+        rows = f.get_slice("embeddings.word_embeddings.weight")[10:12]
+        assert decoded == [0] and rows.shape == (2, 384)  # one stripe of the 45 of this tensor
+        decoded.clear()
+        f.get_slice("embeddings.word_embeddings.weight")[30000:30001]
+        assert decoded == [30000 * 384 // reader.tensors["embeddings.word_embeddings.weight"].stripe]
 
 
 def test_errors_name_the_file_and_tensor(packed: dict[str, Path], tmp_path: Path) -> None:

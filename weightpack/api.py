@@ -137,7 +137,7 @@ def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar
     with _about(src):
         with open(tmp, "wb") as out:
             index = pack_stream(src, out, pool, bar.update, base, dedup, archive)
-        if verify:
+        if verify:  # every stripe decoded and checked against the XXH64 of the source's bytes
             with ArchiveReader(tmp, pool, base) as reader:
                 reader.restore(None)
     return index
@@ -155,14 +155,14 @@ def _check_archive(reader: ArchiveReader, expected: manifest.Archive | None) -> 
         raise WeightpackError(f"does not match the sha256/size that {MANIFEST} records for it")
 
 
-def _unpack_file(reader: ArchiveReader, tmp: Path, bar: tqdm) -> None:
+def _unpack_file(reader: ArchiveReader, tmp: Path, bar: tqdm, sha256: bool) -> None:
     with _about(reader.path):
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
                                   f"{tmp.parent} has {free} free")
         with open(tmp, "wb") as out:
-            reader.restore(out, bar.update)
+            reader.restore(out.fileno(), bar.update, sha256)
 
 
 def _packable(src: Path) -> tuple[list[Path], list[Path]]:
@@ -226,12 +226,15 @@ def _packed_folder(src: Path) -> manifest.Manifest:
 
 
 def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
-           threads: int | None = None, progress: bool = False, base: str | os.PathLike | None = None) -> Path:
+           threads: int | None = None, progress: bool = False, base: str | os.PathLike | None = None,
+           sha256: bool = False) -> Path:
     """Restore the original file or folder from a .wpk or packed folder; return the destination.
 
-    Each restored file's sha256 is checked against the one recorded at packing before it is published;
-    in a folder, every file is checked against ``weightpack.json``. ``base`` is required for archives
-    packed against one, and must be that same base (checked by sha256).
+    Every restored byte is checked against the checksum recorded for its stripe at packing (XXH64,
+    computed by the decoding threads) before the file is published; in a folder, every other file
+    is checked against ``weightpack.json``. ``sha256`` also checks each restored file's sha256 (a
+    serial pass: see docs/FORMAT.md, "Integrity"). ``base`` is required for archives packed against
+    one, and must be that same base (checked by sha256).
     """
     src = _source(src)
     dst = destination(src, dst, packing=False)
@@ -239,7 +242,7 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
         if src.is_file():
             with _open(src, pool, base_set) as reader, _bar(reader.index.original_size, progress, "unpack") as bar, \
                     atomic_output(dst, overwrite) as tmp:
-                _unpack_file(reader, tmp, bar)
+                _unpack_file(reader, tmp, bar, sha256)
             return dst
         record = _packed_folder(src)
         total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
@@ -254,7 +257,7 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                 with _open(src / name, pool, base_set) as reader:
                     with _about(reader.path):
                         _check_archive(reader, entry)
-                    _unpack_file(reader, tmp / entry.original, bar)
+                    _unpack_file(reader, tmp / entry.original, bar, sha256)
     return dst
 
 
@@ -278,7 +281,7 @@ def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool
         for f in archives:
             with _about(f), ArchiveReader(f, pool, base_set) as reader:
                 _check_archive(reader, record.archives.get(f.relative_to(src).as_posix()) if src.is_dir() else None)
-                reader.restore(None)
+                reader.restore(None, sha256=True)
             bar.update(f.stat().st_size)
     return {"archives": len(archives), "files": len(record.files)}
 

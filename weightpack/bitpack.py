@@ -83,13 +83,13 @@ def pack(symbols: np.ndarray, bits: int) -> bytes:
     return out.tobytes()
 
 
-def unpack(data: np.ndarray, bits: int, n: int) -> np.ndarray | None:
-    """``n`` symbols from a bit stream, or None if its length is not exactly what ``n`` symbols need."""
-    dtype = np.dtype(np.uint8 if bits <= 8 else np.uint16)
-    if data.size != packed_size(n, bits):
-        return None
+def unpack_into(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
+    """Fill ``out`` (uint8 for widths up to 8, else uint16) from a bit stream; False if the stream's
+    length is not exactly what ``out.size`` symbols need."""
+    if data.size != packed_size(out.size, bits):
+        return False
     if bits in (8, 16):
-        return data.view(dtype.newbyteorder("<")).astype(dtype, copy=False)
-    out = np.empty(n, dtype)
+        out[:] = data.view(out.dtype.newbyteorder("<"))
+        return True
     done = _unpack_groups(data, bits, out) if bits < 8 else 0
-    return out if _unpack(data[done * bits // 8:], bits, out[done:]) else None
+    return _unpack(data[done * bits // 8:], bits, out[done:])

@@ -52,7 +52,8 @@ def _unpack(args: argparse.Namespace) -> dict:
     from . import api
 
     return _transfer(args, lambda: api.unpack(args.src, args.output, overwrite=args.force, threads=args.threads,
-                                              progress=args.progress, base=args.base), "unpacked")
+                                              progress=args.progress, base=args.base, sha256=args.sha256),
+                     "unpacked")
 
 
 def _verify(args: argparse.Namespace) -> dict:
@@ -186,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
                                           "existing folder, or a name ending in /, receives a file's output inside")
     p.add_argument("-f", "--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--base", type=Path, help=BASE_HELP)
+    p.add_argument("--sha256", action="store_true", help="also check each restored file's sha256 (a serial pass; "
+                                                        "every byte is checked by its stripe's XXH64 anyway)")
     p = command("verify", _verify, "decode an archive fully and check every checksum; write nothing")
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
     p.add_argument("--base", type=Path, help=BASE_HELP)

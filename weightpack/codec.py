@@ -159,7 +159,8 @@ def _encode_symbols(symbols: np.ndarray, bits: int,
     table = FrequencyTable.fit(counts) if present.size else None
     if table is not None:
         record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
-        if table.coded_bits(counts) / 8 + len(record.params) + rans.HEADER_BYTES * len(slices) < raw_bytes:
+        states = rans.header_bytes(CHUNK_SYMBOLS) * len(slices)
+        if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
             jobs = (functools.partial(_encode_chunk, symbols[s], bits, table) for s in slices)
             return record, _drop_unused_table(record, ordered_map(pool, jobs))
     return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
@@ -187,36 +188,27 @@ def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[PlaneRecord, 
             [EncodedChunk(data[s].tobytes()) for s in slices])
 
 
-class _Decoder:
-    """A frequency table ready for the rANS decoder."""
-
-    def __init__(self, table: FrequencyTable, dtype: np.dtype) -> None:
-        self.precision = table.precision
-        self.slot_symbol, self.slot_info = table.decoder_tables(dtype)
-
-    def decode(self, stream: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray | None:
-        out = np.empty(n, dtype)
-        return out if rans.decode(stream, self.precision, self.slot_symbol, self.slot_info, out) else None
-
-
 class PlaneDecoder:
     """Decodes one plane chunk by chunk, so that memory stays bounded whatever size a plane claims.
 
     Everything about the plane is validated here, before any chunk reaches the rANS kernel: the
-    tables, the constant, and (per chunk) the CRC and the size the chunk's mode implies.
+    tables, the constant, and (per chunk) the CRC and the size the chunk's mode implies. Chunks
+    decode into a buffer the caller gives (a worker's reused scratch), so the hot path allocates
+    nothing but what the decoder tables of chunks with their own table need.
     """
 
     def __init__(self, plane: PlaneRecord, where: str) -> None:
         self.plane, self.where = plane, where
         self.dtype = np.dtype(np.uint8 if plane.bits <= 8 else np.uint16)
-        self.shared: _Decoder | None = None
+        self.shared: FrequencyTable | None = None
+        self._shared_entries: np.ndarray | None = None
         if plane.codec == CODEC_CONST:
             value = int.from_bytes(plane.params, "little") if len(plane.params) == 2 else -1
             if not 0 <= value < 1 << plane.bits:
                 raise FormatError(f"{where}: invalid constant plane")
             self.value = value
         elif plane.codec == CODEC_RANS and plane.params:
-            self.shared = _Decoder(self._table(plane.params), self.dtype)
+            self.shared = self._table(plane.params)
         elif plane.params:
             raise FormatError(f"{where}: unexpected codec parameters")
 
@@ -226,43 +218,43 @@ class PlaneDecoder:
         except FormatError as exc:
             raise FormatError(f"{self.where}: {exc}") from None
 
-    def chunk(self, k: int, n: int, read: Callable[[int, int], np.ndarray],
+    def chunk(self, k: int, out: np.ndarray, read: Callable[[int, int], np.ndarray],
               reference: np.ndarray | None = None) -> np.ndarray:
-        """Symbols ``k * chunk_symbols`` to that plus ``n`` of the plane; reads and checks chunk ``k``.
+        """Decode chunk ``k`` (``out.size`` symbols) into ``out`` (of the plane's dtype); return ``out``.
 
         ``reference`` is the same stretch of the reference tensor's plane, for a delta-coded plane.
         """
-        coded = self._coded(k, n, read)
+        self._coded(k, out, read)
         if self.plane.transform in (TRANSFORM_NONE, TRANSFORM_WORD_SUB):  # a word difference is undone whole
-            return coded
-        return invert_transform(self.plane.transform, coded, reference, self.plane.bits)
+            return out
+        out[:] = invert_transform(self.plane.transform, out, reference, self.plane.bits)
+        return out
 
-    def _coded(self, k: int, n: int, read: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    def _coded(self, k: int, out: np.ndarray, read: Callable[[int, int], np.ndarray]) -> None:
         if self.plane.codec == CODEC_CONST:
-            return np.full(n, self.value, self.dtype)
+            out.fill(self.value)
+            return
         info = self.plane.chunks[k]
         data = read(info.offset, info.size)
         if zlib.crc32(data) != info.crc32:
             raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
         if self.plane.codec == CODEC_ZSTD:
-            return np.frombuffer(unzstd(data, n, f"{self.where}: zstd chunk"), np.uint8)
-        if self.plane.codec == CODEC_RAW or info.mode == CHUNK_RAW:
-            return self._raw(data, n, info.offset)
-        if info.mode == CHUNK_OWN:
-            decoder = _Decoder(self._table(info.table), self.dtype)
-        elif self.shared is None:
-            raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
+            out[:] = np.frombuffer(unzstd(data, out.size, f"{self.where}: zstd chunk"), np.uint8)
+        elif self.plane.codec == CODEC_RAW or info.mode == CHUNK_RAW:
+            self._raw(data, out, info.offset)
         else:
-            decoder = self.shared
-        out = decoder.decode(data, n, self.dtype)
-        if out is None:
-            raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
-        return out
+            if info.mode == CHUNK_OWN:
+                table = self._table(info.table)
+                precision, entries = table.precision, table.decoder_entries()
+            elif self.shared is None:
+                raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
+            else:
+                if self._shared_entries is None:  # built once, on first use (by whichever worker gets there)
+                    self._shared_entries = self.shared.decoder_entries()
+                precision, entries = self.shared.precision, self._shared_entries
+            if not rans.decode(data, precision, entries, out):
+                raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
 
-    def _raw(self, data: np.ndarray, n: int, offset: int) -> np.ndarray:
-        out = bitpack.unpack(data, self.plane.bits, n)
-        if out is None:
+    def _raw(self, data: np.ndarray, out: np.ndarray, offset: int) -> None:
+        if not bitpack.unpack_into(data, self.plane.bits, out):  # masks each symbol to the plane's width
             raise FormatError(f"{self.where}: raw chunk at offset {offset} has the wrong size")
-        if self.plane.bits < 8 * self.dtype.itemsize and n and int(out.max()) >> self.plane.bits:
-            raise FormatError(f"{self.where}: raw symbols exceed the plane width")
-        return out

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
 import zstandard
 
 from .errors import FormatError, IntegrityError
@@ -20,7 +21,7 @@ from .planes import itemsize, layout
 
 MAGIC = b"\x89WPK\r\n\x1a\n"
 FOOTER_MAGIC = b"WPKINDEX"
-VERSION = 1
+VERSION = 2
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, reserved
 FOOTER = struct.Struct("<QQQII8s")  # index offset, stored length, raw length, index crc32, footer crc32, magic
 CHUNK = struct.Struct("<QIIB")  # offset, stored size, crc32, mode
@@ -86,6 +87,13 @@ class Segment:
     ref: int = REF_NONE
     source: int = SELF  # index into Index.sources, or SELF
     ref_name: str = ""  # the tensor this one copies or is a delta to
+    stripe: int = 1  # elements (bytes for verbatim runs) per stripe: chunk k of every plane
+    hashes: list[int] = field(default_factory=list)  # XXH64 of each stripe's original bytes
+    start: int = 0  # where the segment begins in the original file (its place in the index; not stored)
+
+    @property
+    def stripes(self) -> int:
+        return -(-self.count // self.stripe)
 
     @property
     def count(self) -> int:
@@ -136,6 +144,7 @@ def _segment_bytes(seg: Segment) -> bytes:
         if seg.ref != REF_NONE:
             ref_name = seg.ref_name.encode()
             out += struct.pack("<BH", seg.source, len(ref_name)) + ref_name
+    out += struct.pack(f"<I{len(seg.hashes)}Q", seg.stripe, *seg.hashes)
     out += struct.pack("<B", len(seg.planes))
     return out + b"".join(_plane_bytes(p) for p in seg.planes)
 
@@ -263,6 +272,10 @@ def _read_segment(cur: _Cursor, payload_end: int, remaining: int, n_sources: int
                 raise FormatError(f"tensor {name!r}: refers to source {seg.source}, the index has {n_sources}")
     else:
         raise FormatError(f"unknown segment kind {kind}")
+    (seg.stripe,) = cur.unpack("I")
+    if not 1 <= seg.stripe <= MAX_CHUNK_SYMBOLS:
+        raise FormatError(f"segment {seg.name!r} has an invalid stripe size {seg.stripe}")
+    seg.hashes = np.frombuffer(cur.take(8 * seg.stripes), "<u8").tolist()  # take() bounds the count
     (n_planes,) = cur.unpack("B")
     expected = [p.bits for p in layout(seg.dtype)] if kind == KIND_TENSOR else [8]
     if seg.ref == REF_COPY:
@@ -275,8 +288,8 @@ def _read_segment(cur: _Cursor, payload_end: int, remaining: int, n_sources: int
         raise FormatError(f"segment {seg.name!r}: a word difference must cover every plane")
     if [p.bits for p in seg.planes] != expected:
         raise FormatError(f"segment {seg.name!r} has planes {[p.bits for p in seg.planes]}, expected {expected}")
-    if len({p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST}) > 1:
-        raise FormatError(f"segment {seg.name!r}: its planes are chunked differently")
+    if any(p.chunk_symbols != seg.stripe for p in seg.planes if p.codec != CODEC_CONST):
+        raise FormatError(f"segment {seg.name!r}: its planes are not chunked by its stripe size")
     if kind == KIND_BYTES and seg.planes[0].codec not in (CODEC_RAW, CODEC_ZSTD):
         raise FormatError("verbatim bytes must be stored raw or with zstd")
     if kind == KIND_TENSOR and any(p.codec == CODEC_ZSTD for p in seg.planes):
@@ -322,6 +335,7 @@ def read_index(f: BinaryIO, file_size: int) -> Index:
     segments, total = [], 0
     for _ in range(n_segments):
         seg = _read_segment(cur, offset, original_size - total, n_sources)
+        seg.start = total
         total += seg.length
         segments.append(seg)
     if total != original_size or cur.pos != len(raw):

@@ -171,11 +171,17 @@ class FrequencyTable:
     def encoder_table(self) -> np.ndarray:
         return rans.encoder_table(self.freq, self.precision)
 
-    def decoder_tables(self, symbol_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """Slot -> symbol, and slot -> ``freq << 16 | (slot - cum)``, as the decoder wants them."""
-        freq = self.freq
-        cum = np.cumsum(freq) - freq
-        slot_symbol = np.repeat(np.arange(freq.size, dtype=symbol_dtype), freq)
-        slots = np.arange(1 << self.precision, dtype=np.int64)
-        slot_info = (np.repeat(freq, freq) << 16) | (slots - np.repeat(cum, freq))
-        return slot_symbol, slot_info.astype(np.int32)
+    def decoder_entries(self) -> np.ndarray:
+        """The rANS decoder's table: per slot, ``freq << 32 | (slot - cum) << 16 | symbol`` (one lookup)."""
+        return _decoder_entries(self.freq, self.precision)
+
+
+@njit(cache=True, nogil=True)
+def _decoder_entries(freq: np.ndarray, precision: int) -> np.ndarray:
+    entries = np.zeros(1 << precision, np.int64)
+    slot = 0
+    for s in range(freq.size):
+        for k in range(min(freq[s], entries.size - slot)):  # the bound only matters for an invalid table
+            entries[slot] = (np.int64(freq[s]) << 32) | (np.int64(k) << 16) | s
+            slot += 1
+    return entries

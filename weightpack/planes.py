@@ -115,16 +115,21 @@ def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
 
 def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
     """Inverse of ``split``: the tensor bytes (uint8) rebuilt from its planes."""
+    out = np.empty(planes[0].size * DTYPES[dtype][0], np.uint8)
+    merge_into(planes, dtype, out)
+    return out
+
+
+def merge_into(planes: list[np.ndarray], dtype: str, out: np.ndarray) -> None:
+    """``merge`` writing into ``out`` (uint8, the planes' element count times the itemsize)."""
     size, ebits, mbits = DTYPES[dtype]
+    columns = out.reshape(-1, size)
     if ebits == 0:
-        if size == 1:
-            return planes[0]
-        return np.stack(planes[::-1], axis=1).reshape(-1)
+        for k, byte in zip(range(size - 1, -1, -1), planes):
+            columns[:, k] = byte
+        return
     rest = mbits - TOP_MANTISSA_BITS
     head, sign_mantissa, *low = planes
-    words = np.empty(head.size, np.dtype(f"<u{size}"))
-    _merge_float(head, sign_mantissa, rest, rest % 8, words)
-    columns = words.view(np.uint8).reshape(-1, size)
+    _merge_float(head, sign_mantissa, rest, rest % 8, out.view(np.dtype(f"<u{size}")))
     for k, byte in zip(range(rest // 8 - 1, -1, -1), low):
         columns[:, k] = byte
-    return words.view(np.uint8)

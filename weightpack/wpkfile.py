@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -21,8 +22,8 @@ from typing import BinaryIO
 import numpy as np
 
 from . import codec, planes
+from .checksum import stripe_hash
 from .container import (
-    CODEC_CONST,
     KIND_BYTES,
     KIND_TENSOR,
     PREAMBLE,
@@ -89,31 +90,38 @@ READ_ELEMENTS = codec.CHUNK_SYMBOLS * PARALLEL_CHUNKS  # large tensors are read 
 
 @dataclass
 class _TensorInput:
-    """One tensor being packed: its file entry, CRC32, a reader for its bytes, and its planes."""
+    """One tensor being packed: its file entry, CRC32, stripe checksums, a reader for its bytes, its planes."""
 
     tensor: TensorEntry
     crc: int
+    hashes: list[int]
     read: Callable[[int, int], np.ndarray]  # bytes a..b of the tensor
     planes: list[np.ndarray]
 
 
+def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int]:
+    """Checksums of the stripes of ``data``, which starts at ``offset`` of the file (and on a stripe)."""
+    return [stripe_hash(data[a:a + stripe_bytes], offset + a) for a in range(0, data.size, stripe_bytes)]
+
+
 def _read_tensor(fd: int, tensor: TensorEntry, digest: hashlib._Hash) -> _TensorInput:
-    """Read a tensor a stripe at a time, hashing it and splitting it into planes as it comes.
+    """Read a tensor a few stripes at a time, hashing it and splitting it into planes as it comes.
 
     Only the planes are held (about the tensor's size), never the bytes and the planes together.
     """
     size, count = planes.itemsize(tensor.dtype), (tensor.end - tensor.start) // planes.itemsize(tensor.dtype)
     specs = planes.layout(tensor.dtype)
     arrays = [np.empty(count, spec.symbol_dtype) for spec in specs]
-    crc = 0
+    crc, hashes = 0, []
     for first in range(0, count, READ_ELEMENTS):
         end = min(first + READ_ELEMENTS, count)
         data = read_exact(fd, tensor.start + first * size, (end - first) * size)
         digest.update(data)
         crc = zlib.crc32(data, crc)
+        hashes += _stripe_hashes(data, codec.CHUNK_SYMBOLS * size, tensor.start + first * size)
         for array, part in zip(arrays, planes.split(data, tensor.dtype)):
             array[first:end] = part
-    return _TensorInput(tensor, crc, lambda a, b: read_exact(fd, tensor.start + a, b - a), arrays)
+    return _TensorInput(tensor, crc, hashes, lambda a, b: read_exact(fd, tensor.start + a, b - a), arrays)
 
 
 def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: Dedup | None, archive: str,
@@ -121,7 +129,8 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
     """The segment of one tensor (a copy of one seen before, a delta to the base, or coded whole),
     and the coding work still to do, as a function of the executor to spread its chunks over."""
     tensor = item.tensor
-    seg = Segment(KIND_TENSOR, tensor.end - tensor.start, [], tensor.name, tensor.dtype, tensor.shape)
+    seg = Segment(KIND_TENSOR, tensor.end - tensor.start, [], tensor.name, tensor.dtype, tensor.shape,
+                  stripe=codec.CHUNK_SYMBOLS, hashes=item.hashes)
     seen = dedup.find(tensor, item.crc, item.read) if dedup is not None else None
     if seen is not None:
         seg.ref, seg.ref_name = REF_COPY, seen.tensor.name
@@ -197,7 +206,9 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
             if tensor is None:
                 data = read_exact(f.fileno(), start, end - start)
                 digest.update(data)
-                seg, code = Segment(KIND_BYTES, end - start, []), lambda p, d=data: [codec.encode_bytes(d, p)]
+                seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
+                              hashes=_stripe_hashes(data, codec.BYTES_CHUNK, start))
+                code = lambda p, d=data: [codec.encode_bytes(d, p)]  # noqa: E731
             else:
                 seg, code = _tensor_segment(src, _read_tensor(f.fileno(), tensor, digest), base, dedup, archive,
                                             sources)
@@ -299,64 +310,110 @@ class ArchiveReader:
         """
         return self.segment_bytes(self.tensors[name], first, end, parallel=False)
 
-    def _stripe_jobs(self, seg: Segment, first: int = 0, end: int | None = None) -> list[Callable[[], np.ndarray]]:
-        """One job per stripe holding elements ``first`` to ``end`` of a segment; each returns its bytes.
+    def _stripes(self, seg: Segment, first: int = 0, end: int | None = None) -> list[tuple[int, int, _Fill]]:
+        """``(k, elements, fill)`` for each stripe holding elements ``first`` to ``end`` of a segment.
 
-        Stripe ``k`` is chunk ``k`` of every plane, merged: jobs are independent and can run on any thread.
+        ``fill(out)`` decodes stripe ``k`` into ``out`` (uint8, its size in bytes) and checks it
+        against its recorded XXH64: stripes are independent and fill on any thread.
         """
         where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
         source = self._source(seg) if seg.ref != REF_NONE else None
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
-        step = self.stripe_elements(seg)
-        end = seg.count if end is None else end
+        step, end = seg.stripe, seg.count if end is None else end
+        size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
         # None: no reference; False: per-plane transforms; True: one difference of whole words
         word_sub = None if seg.ref != REF_DELTA else any(p.transform == TRANSFORM_WORD_SUB for p in seg.planes)
 
-        def stripe(k: int, n: int) -> np.ndarray:
+        def fill(k: int, n: int, out: np.ndarray) -> None:
             if seg.ref == REF_COPY:
-                return source.tensor_bytes(seg.ref_name, k * step, k * step + n)
-            reference = source.tensor_bytes(seg.ref_name, k * step, k * step + n) if seg.ref == REF_DELTA else None
-            refs = planes.split(reference, seg.dtype) if word_sub is False else [None] * len(decoders)
-            parts = [d.chunk(k, n, self.read, r) for d, r in zip(decoders, refs)]
-            if seg.kind == KIND_BYTES:
-                return parts[0]
-            data = planes.merge(parts, seg.dtype)
-            return codec.undo_word_difference(data, reference, planes.itemsize(seg.dtype)) if word_sub else data
-        return [functools.partial(stripe, k, min(step, seg.count - k * step))
+                out[:] = source.tensor_bytes(seg.ref_name, k * step, k * step + n)
+            else:
+                reference = source.tensor_bytes(seg.ref_name, k * step, k * step + n) if seg.ref == REF_DELTA else None
+                refs = planes.split(reference, seg.dtype) if word_sub is False else [None] * len(decoders)
+                parts = [d.chunk(k, _SCRATCH.get(j, n, d.dtype), self.read, r)
+                         for j, (d, r) in enumerate(zip(decoders, refs))]
+                if seg.kind == KIND_BYTES:
+                    out[:] = parts[0]
+                else:
+                    planes.merge_into(parts, seg.dtype, out)
+                if word_sub:
+                    out[:] = codec.undo_word_difference(out, reference, planes.itemsize(seg.dtype))
+            if stripe_hash(out, seg.start + k * step * size) != seg.hashes[k]:
+                raise IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
+        return [(k, min(step, seg.count - k * step), functools.partial(fill, k, min(step, seg.count - k * step)))
                 for k in range(first // step, -(-end // step))]
-
-    def stripes(self, seg: Segment, first: int = 0, end: int | None = None,
-                parallel: bool = True) -> Iterator[np.ndarray]:
-        """The original bytes of one segment, one chunk-sized stripe at a time, every checksum verified.
-
-        Only the stripes holding elements ``first`` to ``end`` are decoded, in parallel, a bounded
-        window ahead of the consumer, so memory stays bounded by the chunk size, not the tensor size.
-        """
-        jobs = self._stripe_jobs(seg, first, end)
-        yield from ordered_map(self.pool if parallel else None, jobs)
-
-    @staticmethod
-    def stripe_elements(seg: Segment) -> int:
-        return next((p.chunk_symbols for p in seg.planes if p.codec != CODEC_CONST), codec.CHUNK_SYMBOLS)
 
     def segment_bytes(self, seg: Segment, first: int = 0, end: int | None = None,
                       parallel: bool = True) -> np.ndarray:
-        """The original bytes of elements ``first`` to ``end`` of one segment (uint8), checksums verified."""
-        end = seg.count if end is None else end
-        parts = list(self.stripes(seg, first, end, parallel))
-        data = np.concatenate(parts) if parts else np.empty(0, np.uint8)
-        size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
-        skip = first % self.stripe_elements(seg) * size
-        return data[skip:skip + (end - first) * size]
+        """The original bytes of elements ``first`` to ``end`` of one segment (uint8), checksums verified.
 
-    def restore(self, out: BinaryIO | None, progress: Progress = lambda n: None) -> None:
-        """Decode the whole original file into ``out`` (or nowhere) and check its sha256."""
-        digest = hashlib.sha256()
-        jobs = (job for seg in self.index.segments for job in self._stripe_jobs(seg))
-        for data in ordered_map(self.pool, jobs):  # stripes of small tensors decode side by side too
-            digest.update(data)
+        Only the stripes holding them are decoded, in parallel, each straight into its place.
+        """
+        end = seg.count if end is None else end
+        size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+        stripes = self._stripes(seg, first, end)
+        if not stripes:
+            return np.empty(0, np.uint8)
+        lo = stripes[0][0] * seg.stripe
+        data = np.empty(sum(n for _, n, _ in stripes) * size, np.uint8)
+        jobs = [functools.partial(fill, data[(k * seg.stripe - lo) * size:(k * seg.stripe - lo + n) * size])
+                for k, n, fill in stripes]
+        for _ in ordered_map(self.pool if parallel else None, jobs):
+            pass
+        return data[(first - lo) * size:(end - lo) * size]
+
+    def restore(self, out: int | None, progress: Progress = lambda n: None, sha256: bool = False) -> None:
+        """Decode the whole original file into file descriptor ``out`` (or nowhere).
+
+        Every stripe is checked against its XXH64 by the worker that decoded it, and written by it
+        at its offset (``os.pwrite``): nothing serial but scheduling. ``sha256``: also check the
+        original file's sha256 (one serial pass over the bytes, in order; see checksum.py).
+        """
+        digest = hashlib.sha256() if sha256 else None
+
+        def restore_stripe(fill: _Fill, n: int, offset: int) -> np.ndarray | int:
+            data = np.empty(n, np.uint8) if digest is not None else _SCRATCH.get("out", n, np.uint8)
+            fill(data)
             if out is not None:
-                out.write(data)
-            progress(data.size)
-        if digest.digest() != self.index.original_sha256:
+                write_at(out, data, offset)
+            return data if digest is not None else n
+
+        def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
+            offset = 0
+            for seg in self.index.segments:
+                size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+                for _, n, fill in self._stripes(seg):
+                    yield functools.partial(restore_stripe, fill, n * size, offset)
+                    offset += n * size
+        for result in ordered_map(self.pool, jobs()):  # stripes of small tensors decode side by side too
+            if digest is not None:
+                digest.update(result)
+                result = result.size
+            progress(result)
+        if digest is not None and digest.digest() != self.index.original_sha256:
             raise IntegrityError("restored bytes do not match the original sha256")
+
+
+_Fill = Callable[[np.ndarray], None]
+
+
+class _Scratch(threading.local):
+    """Each worker thread's reused buffers: decoding allocates nothing per stripe once warm."""
+
+    def get(self, key: object, n: int, dtype: np.dtype) -> np.ndarray:
+        nbytes = n * np.dtype(dtype).itemsize
+        buf = self.__dict__.get(key)
+        if buf is None or buf.size < nbytes:
+            buf = self.__dict__[key] = np.empty(nbytes, np.uint8)
+        return buf[:nbytes].view(dtype)
+
+
+_SCRATCH = _Scratch()
+
+
+def write_at(fd: int, data: np.ndarray, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (thread-safe; the GIL is released while writing)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
