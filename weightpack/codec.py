@@ -22,7 +22,7 @@ import math
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zstandard
@@ -58,9 +58,15 @@ MIN_CODING_GAIN = 0.01
 
 @dataclass
 class EncodedChunk:
+    """A coded chunk and its CRC-32, computed where it was coded (a worker thread), not by the writer."""
+
     payload: bytes
     mode: int = CHUNK_PLANE
     table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN), stored in the index
+    crc32: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.crc32 = zlib.crc32(self.payload)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -163,8 +169,12 @@ def _encode_symbols(symbols: np.ndarray, bits: int,
         if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
             jobs = (functools.partial(_encode_chunk, symbols[s], bits, table) for s in slices)
             return record, _drop_unused_table(record, ordered_map(pool, jobs))
-    return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
-            (EncodedChunk(bitpack.pack(symbols[s], bits)) for s in slices))
+    jobs = (functools.partial(_raw_chunk, symbols[s], bits) for s in slices)
+    return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), ordered_map(pool, jobs)
+
+
+def _raw_chunk(symbols: np.ndarray, bits: int) -> EncodedChunk:
+    return EncodedChunk(bitpack.pack(symbols, bits))
 
 
 def _drop_unused_table(record: PlaneRecord, chunks: Iterator[EncodedChunk]) -> Iterator[EncodedChunk]:
@@ -181,11 +191,15 @@ def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[PlaneRecord, 
     """Verbatim bytes (safetensors header, gaps): zstd per chunk, or raw where zstd does not pay."""
     slices = _chunks(len(data), BYTES_CHUNK)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False, write_content_size=True)
-    packed = list(ordered_map(pool, (functools.partial(compressor.compress, data[s].tobytes()) for s in slices)))
-    if sum(map(len, packed)) < len(data):
-        return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), [EncodedChunk(p) for p in packed]
+    packed = list(ordered_map(pool, (functools.partial(_zstd_chunk, compressor, data[s]) for s in slices)))
+    if sum(len(c.payload) for c in packed) < len(data):
+        return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), packed
     return (PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""),
             [EncodedChunk(data[s].tobytes()) for s in slices])
+
+
+def _zstd_chunk(compressor: zstandard.ZstdCompressor, data: np.ndarray) -> EncodedChunk:
+    return EncodedChunk(compressor.compress(data.tobytes()))
 
 
 class PlaneDecoder:

@@ -25,8 +25,18 @@ from .errors import FormatError
 
 @njit(cache=True, nogil=True)
 def _count(symbols: np.ndarray, counts: np.ndarray) -> None:
-    for s in symbols:
-        counts[s] += 1
+    """Four sub-histograms, so that runs of one symbol do not wait on the same counter, then summed."""
+    parts = np.zeros((4, counts.size), np.int64)
+    n = symbols.size - symbols.size % 4
+    for i in range(0, n, 4):
+        parts[0, symbols[i]] += 1
+        parts[1, symbols[i + 1]] += 1
+        parts[2, symbols[i + 2]] += 1
+        parts[3, symbols[i + 3]] += 1
+    for i in range(n, symbols.size):
+        parts[0, symbols[i]] += 1
+    for k in range(4):
+        counts += parts[k]
 
 
 def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
@@ -45,27 +55,79 @@ def entropy_bits(counts: np.ndarray) -> float:
     return float(-(present * np.log2(present / total)).sum())
 
 
+@njit(cache=True, nogil=True)
 def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
     """Scale counts to sum exactly ``1 << precision`` keeping present symbols >= 1, near-minimal cost.
 
     Start from the floor of the exact scaling, then hand out (or take back) single units where they
     change the coded size least, as measured by ``count * log2((f + 1) / f)``.
     """
-    total_out = 1 << precision
-    present = counts > 0
-    freq = np.where(present, np.maximum(counts * total_out // int(counts.sum()), 1), 0)
+    total_out = np.int64(1) << precision
+    total_in = counts.sum()
+    freq = np.zeros(counts.size, np.int64)
+    for s in range(counts.size):
+        if counts[s] > 0:
+            freq[s] = max(counts[s] * total_out // total_in, 1)
     weight = counts.astype(np.float64)
-    while (diff := total_out - int(freq.sum())) != 0:
-        if diff > 0:
-            gain = np.where(present, weight * np.log2((freq + 1) / np.maximum(freq, 1)), -1.0)
-            picks = np.argsort(-gain, kind="stable")[:diff]
+    diff = total_out - freq.sum()
+    while diff != 0:
+        if diff > 0:  # fewer than the present symbols: the floors lose less than 1 each
+            gain = np.full(counts.size, -1.0)
+            for s in range(counts.size):
+                if counts[s] > 0:
+                    gain[s] = weight[s] * np.log2((freq[s] + 1) / freq[s])
+            picks = np.argsort(-gain, kind="mergesort")[:diff]
             freq[picks] += 1
         else:
-            shrinkable = freq > 1
-            loss = np.where(shrinkable, weight * np.log2(np.maximum(freq, 2) / np.maximum(freq - 1, 1)), np.inf)
-            picks = np.argsort(loss, kind="stable")[: min(-diff, int(shrinkable.sum()))]
+            loss = np.full(counts.size, np.inf)
+            shrinkable = 0
+            for s in range(counts.size):
+                if freq[s] > 1:
+                    loss[s] = weight[s] * np.log2(freq[s] / (freq[s] - 1))
+                    shrinkable += 1
+            picks = np.argsort(loss, kind="mergesort")[:min(-diff, shrinkable)]
             freq[picks] -= 1
+        diff = total_out - freq.sum()
     return freq
+
+
+@njit(cache=True, nogil=True)
+def _coded_bits(counts: np.ndarray, freq: np.ndarray, precision: int) -> float:
+    bits = 0.0
+    for s in range(counts.size):
+        if counts[s] > 0:
+            bits += counts[s] * (precision - np.log2(freq[s]))
+    return bits
+
+
+@njit(cache=True, nogil=True)
+def _serialized_size(freq: np.ndarray) -> int:
+    first, last, size = -1, -1, 5
+    for s in range(freq.size):
+        if freq[s] > 0:
+            if first < 0:
+                first = s
+            last = s
+            size += 1 + (freq[s] >= 128) + (freq[s] >= 16384)
+    return size + (last - first + 8) // 8
+
+
+@njit(cache=True, nogil=True)
+def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tuple:
+    """(precision, freq) minimising coded bits, the coder's excess and the table's bytes; precision 0 if
+    no precision in ``lowest..highest`` fits. The cost is close to convex in the precision: walk down
+    from the finest, stop once it has risen for two steps."""
+    best_precision, best_freq, best_cost = 0, np.zeros(counts.size, np.int64), np.inf
+    total = float(counts.sum())
+    for precision in range(highest, lowest - 1, -1):
+        freq = _normalise(counts, precision)
+        loss = loss_bits * 4.0 ** (precision - highest) * total
+        cost = _coded_bits(counts, freq, precision) + loss + 8 * _serialized_size(freq)
+        if cost < best_cost:
+            best_precision, best_freq, best_cost = precision, freq, cost
+        elif precision < best_precision - 1:
+            break
+    return best_precision, best_freq
 
 
 # Measured excess of the rANS coder over the table's ideal cost, in bits per symbol, at precision 15;
@@ -115,28 +177,16 @@ class FrequencyTable:
         """
         n_present = int((counts > 0).sum())
         lowest = max(min_precision, math.ceil(math.log2(max(n_present, 1))))
-        best, best_cost = None, math.inf
-        # The cost is close to convex in the precision: walk down from the finest, stop once it rises.
-        for precision in range(rans.MAX_PRECISION, lowest - 1, -1):
-            table = cls(precision, _normalise(counts, precision))
-            loss = RANS_LOSS_BITS * 4.0 ** (precision - rans.MAX_PRECISION) * float(counts.sum())
-            cost = table.coded_bits(counts) + loss + 8 * table.serialized_size()
-            if cost < best_cost:
-                best, best_cost = table, cost
-            elif precision < best.precision - 1:
-                break
-        return best
+        precision, freq = _fit(counts.astype(np.int64), lowest, rans.MAX_PRECISION, RANS_LOSS_BITS)
+        return cls(precision, freq) if precision else None
 
     def coded_bits(self, counts: np.ndarray) -> float:
         """Bits the rANS coder spends on symbols with these counts (excluding renormalisation flush)."""
-        used = counts > 0
-        return float((counts[used] * (self.precision - np.log2(self.freq[used]))).sum())
+        return _coded_bits(counts, self.freq, self.precision)
 
     def serialized_size(self) -> int:
         """``len(self.to_bytes())``, without building the bytes."""
-        present = np.flatnonzero(self.freq)
-        f = self.freq[present]
-        return int(5 + (present[-1] - present[0] + 8) // 8 + present.size + (f >= 128).sum() + (f >= 16384).sum())
+        return _serialized_size(self.freq)
 
     def to_bytes(self) -> bytes:
         present = np.flatnonzero(self.freq)

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from typing import TypeVar
 
 T = TypeVar("T")
-WINDOW = 8
+WINDOW_PER_THREAD = 2  # jobs in flight per worker: one running, one queued, so no worker waits on the consumer
 
 
-def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: int = WINDOW) -> Iterator[T]:
-    """Run ``jobs`` on ``pool`` (or one by one in this thread if None), yielding results in order."""
+def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: int | None = None) -> Iterator[T]:
+    """Run ``jobs`` on ``pool`` (or one by one in this thread if None), yielding results in order.
+
+    On an early exit (an error, a cancellation, the consumer stopping), queued jobs are cancelled
+    and running ones are waited for: when this returns, no job of it touches anything any more (a
+    file a job writes into can be closed and removed safely).
+    """
     if pool is None:
         yield from (job() for job in jobs)
         return
+    window = window or WINDOW_PER_THREAD * getattr(pool, "_max_workers", 4)
     pending: deque[Future] = deque()
     try:
         for job in jobs:
@@ -32,3 +38,4 @@ def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: 
     finally:
         for future in pending:
             future.cancel()
+        wait(pending)

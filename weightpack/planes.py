@@ -97,20 +97,25 @@ def _words(data: np.ndarray, size: int) -> np.ndarray:
 
 def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
     """Planes of the little-endian tensor bytes ``data`` (uint8, length a multiple of the itemsize)."""
+    count = data.size // DTYPES[dtype][0]
+    outs = [np.empty(count, spec.symbol_dtype) for spec in layout(dtype)]
+    split_into(data, dtype, outs)
+    return outs
+
+
+def split_into(data: np.ndarray, dtype: str, outs: list[np.ndarray]) -> None:
+    """``split`` writing into ``outs`` (one array per plane, of the planes' dtypes and element count)."""
     size, ebits, mbits = DTYPES[dtype]
+    columns = data.reshape(-1, size)
     if ebits == 0:
-        if size == 1:
-            return [data]
-        columns = data.reshape(-1, size)
-        return [np.ascontiguousarray(columns[:, k]) for k in range(size - 1, -1, -1)]
-    words = _words(data, size)
+        for k, out in zip(range(size - 1, -1, -1), outs):
+            out[:] = columns[:, k]
+        return
     rest = mbits - TOP_MANTISSA_BITS
-    head_bits = ebits + TOP_MANTISSA_BITS
-    head = np.empty(words.size, np.uint8 if head_bits <= 8 else np.uint16)
-    sign_mantissa = np.empty(words.size, np.uint8)
-    _split_float(words, rest, head_bits, rest % 8, head, sign_mantissa)
-    columns = data.reshape(-1, size)  # the low mantissa bytes are whole bytes of each word
-    return [head, sign_mantissa, *(np.ascontiguousarray(columns[:, k]) for k in range(rest // 8 - 1, -1, -1))]
+    head, sign_mantissa, *low = outs
+    _split_float(_words(data, size), rest, ebits + TOP_MANTISSA_BITS, rest % 8, head, sign_mantissa)
+    for k, out in zip(range(rest // 8 - 1, -1, -1), low):  # the low mantissa bytes are whole bytes of each word
+        out[:] = columns[:, k]
 
 
 def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -46,7 +46,7 @@ from .container import (
 )
 from .entropy import entropy_bits, histogram
 from .errors import FormatError, IntegrityError, WeightpackError
-from .parallel import ordered_map
+from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
 from .sources import BaseSet, Dedup, Stored, read_exact
 
@@ -104,7 +104,7 @@ def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int
     return [stripe_hash(data[a:a + stripe_bytes], offset + a) for a in range(0, data.size, stripe_bytes)]
 
 
-def _read_tensor(fd: int, tensor: TensorEntry, digest: hashlib._Hash) -> _TensorInput:
+def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _TensorInput:
     """Read a tensor a few stripes at a time, hashing it and splitting it into planes as it comes.
 
     Only the planes are held (about the tensor's size), never the bytes and the planes together.
@@ -119,8 +119,7 @@ def _read_tensor(fd: int, tensor: TensorEntry, digest: hashlib._Hash) -> _Tensor
         digest.update(data)
         crc = zlib.crc32(data, crc)
         hashes += _stripe_hashes(data, codec.CHUNK_SYMBOLS * size, tensor.start + first * size)
-        for array, part in zip(arrays, planes.split(data, tensor.dtype)):
-            array[first:end] = part
+        planes.split_into(data, tensor.dtype, [array[first:end] for array in arrays])
     return _TensorInput(tensor, crc, hashes, lambda a, b: read_exact(fd, tensor.start + a, b - a), arrays)
 
 
@@ -162,8 +161,20 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
             coded_planes, transforms = [b[1] for b in best], [b[0] for b in best]
 
     def code(pool: Executor | None) -> Coded:
-        return [codec.encode_plane(p, spec.bits, pool, t) for p, t, spec in zip(coded_planes, transforms, specs)]
+        """Every plane's table fitted side by side (on the pool if any), then their chunks, lazily."""
+        fitted = [_submit(pool, codec.encode_plane, p, spec.bits, pool, t)
+                  for p, t, spec in zip(coded_planes, transforms, specs)]
+        return [f.result() for f in fitted]
     return seg, code
+
+
+def _submit(pool: Executor | None, fn: Callable, *args: object) -> Future:
+    """``pool.submit``, or run now (in this thread) without a pool."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    future: Future = Future()
+    future.set_result(fn(*args))
+    return future
 
 
 def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = lambda n: None,
@@ -179,7 +190,12 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
     way, and memory holds about the largest tensor's planes plus a window of small tensors and chunks.
     """
     spans = list(_spans(src))
-    digest = hashlib.sha256()
+    with _Sha256Behind() as digest:
+        return _pack_spans(src, spans, digest, out, pool, progress, base, dedup, archive)
+
+
+def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, pool: Executor, progress: Progress,
+                base: BaseSet | None, dedup: Dedup | None, archive: str) -> Index:
     segments: list[Segment] = []
     sources = _Sources()
     pending: deque[tuple[Segment, Future]] = deque()
@@ -190,7 +206,7 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
         nonlocal offset
         for record, chunks in coded:
             for c in chunks:
-                record.chunks.append(Chunk(offset, len(c.payload), zlib.crc32(c.payload), c.mode, c.table))
+                record.chunks.append(Chunk(offset, len(c.payload), c.crc32, c.mode, c.table))
                 out.write(c.payload)
                 offset += len(c.payload)
             seg.planes.append(record)
@@ -217,7 +233,7 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
                 emit(seg, code(pool))
             else:  # materialise the chunks on the worker, so that the coding happens there
                 pending.append((seg, pool.submit(lambda c=code: [(r, list(chunks)) for r, chunks in c(None)])))
-                flush(2 * PARALLEL_CHUNKS)
+                flush(WINDOW_PER_THREAD * getattr(pool, "_max_workers", PARALLEL_CHUNKS))
             progress(end - start)
         flush(0)
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
@@ -225,6 +241,38 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
     if dedup is not None:
         dedup.sha256[archive] = index.original_sha256
     return index
+
+
+class _Sha256Behind:
+    """The sha256 of the bytes given to ``update``, hashed in order on a thread of its own.
+
+    It is one serial pass over the whole file: hashed by the reading thread, it would cap packing
+    at ~1.6 GB/s and delay every tensor's hand-over to the coding threads. At most ``WINDOW`` blocks
+    wait, so memory stays bounded when hashing is the slower side.
+    """
+
+    WINDOW = 4
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="weightpack-sha256")
+        self._pending: deque[Future] = deque()
+
+    def update(self, data: np.ndarray) -> None:
+        self._pending.append(self._thread.submit(self._hash.update, data))
+        while len(self._pending) > self.WINDOW:
+            self._pending.popleft().result()
+
+    def digest(self) -> bytes:
+        for future in self._pending:
+            future.result()
+        return self._hash.digest()
+
+    def __enter__(self) -> _Sha256Behind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.shutdown(cancel_futures=True)
 
 
 class ArchiveReader:
