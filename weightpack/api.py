@@ -32,8 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
 from . import manifest
 from .atomic import atomic_output
 from .container import (
@@ -92,18 +90,33 @@ def _about(path: Path) -> Iterator[None]:
 CANCEL = threading.Event()
 
 
-class _Bar(tqdm):
-    """The progress bar, also the place where long work notices a cancellation request."""
+class _Progress:
+    """Progress of one operation: a tqdm bar on stderr when ``enabled`` (tqdm is imported only then:
+    short commands stay quick to start), and the place where long work notices a cancellation request."""
 
-    def update(self, n: float = 1) -> bool | None:
+    def __init__(self, total: int, enabled: bool, desc: str) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr, leave=False)
+
+    def update(self, n: int) -> None:
         if CANCEL.is_set():
             raise KeyboardInterrupt
-        return super().update(n)
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
-def _bar(total: int, enabled: bool, desc: str) -> tqdm:
-    return _Bar(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled, file=sys.stderr,
-                leave=False)
+def _bar(total: int, enabled: bool, desc: str) -> _Progress:
+    return _Progress(total, enabled, desc)
 
 
 def sha256_file(path: Path) -> str:
@@ -132,7 +145,7 @@ def _source(src: str | os.PathLike) -> Path:
     return src
 
 
-def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: tqdm, base: BaseSet | None,
+def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: _Progress, base: BaseSet | None,
                dedup: Dedup | None = None, archive: str = "") -> Index:
     with _about(src):
         with open(tmp, "wb") as out:
@@ -155,7 +168,7 @@ def _check_archive(reader: ArchiveReader, expected: manifest.Archive | None) -> 
         raise WeightpackError(f"does not match the sha256/size that {MANIFEST} records for it")
 
 
-def _unpack_file(reader: ArchiveReader, tmp: Path, bar: tqdm, sha256: bool) -> None:
+def _unpack_file(reader: ArchiveReader, tmp: Path, bar: _Progress, sha256: bool) -> None:
     with _about(reader.path):
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from . import codec, planes
+from .atomic import start_writeback
 from .checksum import stripe_hash
 from .container import (
     KIND_BYTES,
@@ -461,7 +462,8 @@ _SCRATCH = _Scratch()
 
 def write_at(fd: int, data: np.ndarray, offset: int) -> None:
     """Write all of ``data`` at ``offset`` of ``fd`` (thread-safe; the GIL is released while writing)."""
-    view = memoryview(data).cast("B")
+    view, start = memoryview(data).cast("B"), offset
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+    start_writeback(fd, start, offset - start)
