@@ -134,24 +134,52 @@ def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tup
 # it shrinks about 4x per bit of precision removed, since it grows as (2**precision / STATE_LOW)**2.
 # (BF16 MiniLM, 590 Ki symbols: 0.0035 bits/symbol at 15, 0.0010 at 14, 0.0003 at 13, on both planes.)
 RANS_LOSS_BITS = 0.0035
+MAX_TABLE_PRECISION = rans.MAX_PRECISION
+
+
+_TABLE_ERRORS = {1: "is truncated", 2: "has an invalid precision or alphabet",
+                 3: "is truncated, malformed or has trailing bytes", 4: "does not sum to its total"}
 
 
 @njit(cache=True, nogil=True)
-def _read_leb128(data: np.ndarray, pos: int, values: np.ndarray) -> int:
-    """Read ``values.size`` LEB128 numbers (at most 3 bytes each) from ``pos``; return the end, or -1."""
-    for i in range(values.size):
-        current, shift = 0, 0
-        while True:
-            if pos >= data.size or shift > 14:
-                return -1
-            byte = np.int64(data[pos])
-            pos += 1
-            current |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        values[i] = current
-    return pos
+def _parse_table(data: np.ndarray, freq: np.ndarray) -> int:
+    """Fill ``freq`` (zeros, ``2**width`` entries) from a serialised table; 0, or an ``_TABLE_ERRORS`` key.
+
+    Runs without the GIL: tables of their own are parsed for most chunks, by the decoding threads.
+    """
+    if data.size < 5:
+        return 1
+    precision = np.int64(data[0])
+    first = np.int64(data[1]) | (np.int64(data[2]) << 8)
+    span = np.int64(data[3]) | (np.int64(data[4]) << 8)
+    if not 1 <= precision <= MAX_TABLE_PRECISION or span < 1 or first + span > freq.size:
+        return 2
+    pos = 5 + (span + 7) // 8
+    if data.size < pos:
+        return 1
+    total, present = np.int64(0), 0
+    for i in range(span):
+        if (data[5 + i // 8] >> (i % 8)) & 1:
+            value, shift = np.int64(0), 0
+            while True:  # LEB128, at most 3 bytes: 7 bits a byte, least significant first
+                if pos >= data.size or shift > 14:
+                    return 3
+                byte = np.int64(data[pos])
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            if value == 0:
+                return 4
+            freq[first + i] = value
+            total += value
+            present += 1
+    if pos != data.size:
+        return 3
+    if present == 0 or total != np.int64(1) << precision:
+        return 4
+    return 0
 
 
 def _leb128(values: np.ndarray) -> bytes:
@@ -196,27 +224,13 @@ class FrequencyTable:
                 + _leb128(self.freq[present].astype(np.int64)))
 
     @classmethod
-    def from_bytes(cls, data: bytes, width: int) -> FrequencyTable:
+    def from_bytes(cls, data: bytes | np.ndarray, width: int) -> FrequencyTable:
         """Parse and validate a serialised table for a ``width``-bit plane; FormatError if invalid."""
-        if len(data) < 5:
-            raise FormatError("frequency table is truncated")
-        precision = data[0]
-        first, span = int.from_bytes(data[1:3], "little"), int.from_bytes(data[3:5], "little")
-        if not 1 <= precision <= rans.MAX_PRECISION or span < 1 or first + span > (1 << width):
-            raise FormatError("frequency table has an invalid precision or alphabet")
-        end = 5 + (span + 7) // 8
-        if len(data) < end:
-            raise FormatError("frequency table is truncated")
-        bits = np.unpackbits(np.frombuffer(data, np.uint8, end - 5, 5), bitorder="little")[:span]
-        present = np.flatnonzero(bits) + first
-        values = np.zeros(present.size, np.int64)
-        if _read_leb128(np.frombuffer(data, np.uint8), end, values) != len(data):
-            raise FormatError("frequency table is truncated, malformed or has trailing bytes")
         freq = np.zeros(1 << width, np.int64)
-        freq[present] = values
-        if present.size == 0 or int(freq.sum()) != 1 << precision or (freq[present] == 0).any():
-            raise FormatError("frequency table does not sum to its total")
-        return cls(precision, freq)
+        error = _parse_table(np.frombuffer(data, np.uint8), freq)
+        if error:
+            raise FormatError(f"frequency table {_TABLE_ERRORS[error]}")
+        return cls(int(data[0]), freq)
 
     def encoder_table(self) -> np.ndarray:
         return rans.encoder_table(self.freq, self.precision)
