@@ -152,3 +152,45 @@ def test_a_delta_folder_is_pushed_and_pulled_with_its_base(hub: FakeHub, minilm_
     assert sha256_tree(tmp_path / "out") == sha256_tree(tuned)
     result = _cli(hub, tmp_path, "pull", "dave/tuned2", "-o", str(tmp_path / "nobase"), "-q")
     assert result.returncode == 1 and "--base" in result.stderr and not (tmp_path / "nobase").exists()
+
+
+def test_pull_refuses_a_repo_whose_manifest_lists_a_missing_file(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    wh.push(minilm_dirs["F16"], "erin/incomplete", token=TOKEN, endpoint=hub.url)
+    repo = hub.repos["erin/incomplete"]
+    files = dict(repo.commits[repo.branches["main"]])
+    del files["vocab.txt"]
+    repo.commit(files, "main", "vocab.txt lost")
+    with pytest.raises(WeightpackError, match=r"erin/incomplete.*missing vocab\.txt") as err:
+        _pull(hub, tmp_path, "erin/incomplete")
+    assert "\n" not in str(err.value) and not (tmp_path / "pulled").exists()
+
+
+def test_an_archive_failing_its_checksum_mid_stream_leaves_nothing_and_the_cache_usable(
+        hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    wh.push(minilm_dirs["BF16"], "erin/damaged", token=TOKEN, endpoint=hub.url)
+    repo = hub.repos["erin/damaged"]
+    good = dict(repo.commits[repo.branches["main"]])
+    bad = bytearray(good["model.wpk"])
+    bad[len(bad) // 3] ^= 0x01
+    repo.commit({**good, "model.wpk": bytes(bad)}, "main", "damaged in transit")
+    with pytest.raises(WeightpackError, match=r"erin/damaged: .*model\.wpk.*(checksum|inconsistent)") as err:
+        _pull(hub, tmp_path, "erin/damaged")
+    assert "\n" not in str(err.value) and not (tmp_path / "pulled").exists()
+    assert not list(tmp_path.glob(".pulled*"))  # no temporary left either
+    repo.commit(good, "main", "fixed")  # the next pull works, through the same cache
+    assert sha256_tree(_pull(hub, tmp_path, "erin/damaged")) == sha256_tree(minilm_dirs["BF16"])
+
+
+def test_from_pretrained_builds_the_model_from_a_packed_repo(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    wh.push(minilm_dirs["BF16"], "erin/model", token=TOKEN, endpoint=hub.url)
+    model = weightpack.from_pretrained(transformers.AutoModel, "erin/model", token=TOKEN, endpoint=hub.url,
+                                       cache_dir=tmp_path / "cache")
+    reference = transformers.AutoModel.from_pretrained(minilm_dirs["BF16"])
+    assert model.dtype == torch.bfloat16  # the checkpoint's dtype, as transformers gives it
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing unpacked to disk

@@ -1,7 +1,8 @@
 """weightpack: lossless compression of safetensors checkpoints (dtype planes + rANS).
 
-``pack``/``unpack``/``verify``/``info`` work on files and model folders; ``safe_open``/``load_file``
-read tensors straight from a .wpk; ``weightpack.hub`` pushes and pulls packed models.
+``pack``/``unpack``/``verify``/``info`` work on files and model folders; ``safe_open``/``load_file``/
+``load_folder`` read tensors straight from a .wpk or packed folder; ``from_pretrained`` builds a
+transformers model from a packed folder or repo; ``weightpack.hub`` pushes and pulls packed models.
 
 The heavy modules (numpy, numba) load on first use, so that the command line can install its
 signal handling before anything slow runs: Ctrl-C at any moment gets a clean exit.
@@ -15,7 +16,7 @@ from .errors import FormatError, IntegrityError, OutputExistsError, WeightpackEr
 
 __version__ = "0.1.0"
 _LAZY = {"pack": "api", "unpack": "api", "verify": "api", "info": "api", "safe_open": "loading",
-         "load_file": "loading", "load_folder": "loading", "hub": None}
+         "load_file": "loading", "load_folder": "loading", "from_pretrained": "models", "hub": None}
 __all__ = ["FormatError", "IntegrityError", "OutputExistsError", "WeightpackError", "__version__", *_LAZY]
 
 

@@ -27,8 +27,8 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -257,21 +257,56 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                     atomic_output(dst, overwrite) as tmp:
                 _unpack_file(reader, tmp, bar, sha256)
             return dst
-        record = _packed_folder(src)
-        total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
-        with _bar(total, progress, "unpack") as bar, \
-                atomic_output(dst, overwrite, directory=True, writes=record.restored_names()) as tmp:
-            for name, entry in record.files.items():
-                with _about(src / name):
-                    copy_checked(src / name, tmp / name, entry.sha256)
-                bar.update(entry.size)
-            for name, entry in record.archives.items():
-                (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
-                with _open(src / name, pool, base_set) as reader:
-                    with _about(reader.path):
-                        _check_archive(reader, entry)
-                    _unpack_file(reader, tmp / entry.original, bar, sha256)
+        restore_folder(_packed_folder(src), lambda name: src / name, dst, overwrite=overwrite, pool=pool,
+                       base=base_set, progress=progress, sha256=sha256)
     return dst
+
+
+def unpack_fetched(record: manifest.Manifest, fetch: Callable[[str], Path], dst: str | os.PathLike, *,
+                   overwrite: bool = False, threads: int | None = None, progress: bool = False,
+                   base: str | os.PathLike | None = None, sha256: bool = False) -> Path:
+    """``unpack`` of a packed folder whose files come from ``fetch(name)`` (e.g. downloads); see restore_folder."""
+    with _workers(threads, base) as (pool, base_set):
+        return restore_folder(record, fetch, Path(dst), overwrite=overwrite, pool=pool, base=base_set,
+                              progress=progress, sha256=sha256)
+
+
+def restore_folder(record: manifest.Manifest, fetch: Callable[[str], Path], dst: Path, *, overwrite: bool,
+                   pool: ThreadPoolExecutor, base: BaseSet | None, progress: bool, sha256: bool) -> Path:
+    """Restore a packed folder, given its manifest and ``fetch(name)``, the local path of one of its files.
+
+    ``fetch`` may be slow (a download): each archive is decoded on a thread of its own as soon as it
+    is fetched, while the next one is being fetched, so downloading and decoding overlap. Every
+    restored file is checked against the manifest; nothing is published unless all are.
+    """
+    total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
+    with _bar(total, progress, "unpack") as bar, \
+            atomic_output(dst, overwrite, directory=True, writes=record.restored_names()) as tmp, \
+            ThreadPoolExecutor(1, thread_name_prefix="weightpack-restore") as restorer:
+        decoding: list[Future] = []
+        for name, entry in record.files.items():  # small files first: errors in them show up early
+            path = fetch(name)
+            with _about(path):
+                copy_checked(path, tmp / name, entry.sha256)
+            bar.update(entry.size)
+        for name, entry in record.archives.items():
+            path = fetch(name)
+            for done in (f for f in decoding if f.done()):
+                done.result()  # an archive that failed stops the fetching
+            (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
+            decoding.append(restorer.submit(_restore_archive, path, entry, tmp / entry.original, pool, base, bar,
+                                            sha256))
+        for future in decoding:
+            future.result()
+    return dst
+
+
+def _restore_archive(path: Path, entry: manifest.Archive, out: Path, pool: ThreadPoolExecutor, base: BaseSet | None,
+                     bar: _Progress, sha256: bool) -> None:
+    with _open(path, pool, base) as reader:
+        with _about(path):
+            _check_archive(reader, entry)
+        _unpack_file(reader, out, bar, sha256)
 
 
 def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False,

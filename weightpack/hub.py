@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import api
+from . import api, manifest
 from .atomic import atomic_output
 from .errors import WeightpackError
 from .paths import MANIFEST, check_destination, walk
@@ -108,19 +108,49 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
     not packed is simply downloaded. Nothing appears at ``dst`` unless everything succeeded.
     ``base``: the base checkpoint a delta repo was packed against.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.constants import is_offline_mode
+    from huggingface_hub.errors import EntryNotFoundError
 
     dst = Path(dst) if dst is not None else Path(repo_id.rstrip("/").split("/")[-1])
     if not overwrite:  # refuse before downloading; what -f may replace is decided once the files are known
         check_destination(dst, overwrite, folder=True)
+    options = {"token": token, "cache_dir": cache_dir, "endpoint": endpoint}
     with _hub_errors(repo_id), _hub_bars(progress):
-        snapshot = Path(snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
-                                          endpoint=endpoint))
+        try:  # the manifest first, by revision (which records it in the cache, for offline use later)
+            record_path = Path(hf_hub_download(repo_id, MANIFEST, revision=revision, **options))
+        except EntryNotFoundError:
+            record_path = None
+        if record_path is not None and not is_offline_mode():  # packed: stream it, pinned to that commit
+            commit = record_path.parent.name  # the snapshot folder of the cache is named by the commit
+            names = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=commit)
+
+    if record_path is not None and not is_offline_mode():
+        def fetch(name: str) -> Path:
+            with _hub_errors(repo_id), _hub_bars(progress):
+                return Path(hf_hub_download(repo_id, name, revision=commit, **options))
+        with _about_repo(repo_id):
+            record = manifest.read(record_path.parent)
+            record.check_listing(Path(f"commit {commit[:12]}"), names)
+            return api.unpack_fetched(record, fetch, dst, overwrite=overwrite, threads=threads, progress=progress,
+                                      base=base)
+    with _hub_errors(repo_id), _hub_bars(progress):  # offline (the cache only), or a repo that is not packed
+        snapshot = Path(snapshot_download(repo_id, revision=revision, **options))
     if (snapshot / MANIFEST).is_file():
-        return api.unpack(snapshot, dst, overwrite=overwrite, threads=threads, progress=progress, base=base)
+        with _about_repo(repo_id):
+            return api.unpack(snapshot, dst, overwrite=overwrite, threads=threads, progress=progress, base=base)
     files = walk(snapshot)
     names = [f.relative_to(snapshot).as_posix() for f in files]
     with atomic_output(dst, overwrite, directory=True, writes=names) as tmp:
         for f, name in zip(files, names):
             api.copy_checked(f, tmp / name)
     return dst
+
+
+@contextmanager
+def _about_repo(repo_id: str) -> Iterator[None]:
+    """Errors from a file of the repo (named by its path in the cache) also name the repo."""
+    try:
+        yield
+    except WeightpackError as exc:
+        raise type(exc)(f"{repo_id}: {exc}") from None

@@ -1,0 +1,69 @@
+"""A transformers model straight from a packed folder or Hub repo: no safetensors copy on disk.
+
+``from_pretrained(AutoModel, "user/model-wpk")`` downloads the packed repo (huggingface_hub's cache,
+revision, token and offline mode apply), decodes its archives into one state dict and hands it to
+``model_class.from_pretrained`` with the folder's own config: transformers does the rest (dtype,
+tied weights, missing keys) as for any checkpoint. A folder or repo that is not packed is passed
+to transformers unchanged. transformers and torch are imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import WeightpackError
+from .loading import load_folder
+from .paths import MANIFEST
+
+
+def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, revision: str | None = None,
+                    token: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    endpoint: str | None = None, threads: int | None = None,
+                    base: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+    """``model_class.from_pretrained`` for a packed folder or repo (sharded or not), decoding its weights
+    in memory; any other folder or repo id goes to ``model_class.from_pretrained`` as is.
+
+    ``kwargs`` go to transformers (``torch_dtype``, ``device_map``, ...); ``threads`` and ``base`` to
+    the decoder (``base``: the base checkpoint a delta folder was packed against).
+    """
+    folder = _packed_folder(repo_id_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                            endpoint=endpoint)
+    if folder is None:
+        hub = {k: v for k, v in (("revision", revision), ("token", token), ("cache_dir", cache_dir)) if v}
+        return model_class.from_pretrained(repo_id_or_path, **hub, **kwargs)
+    from transformers import AutoConfig
+
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(folder)
+    mapping = getattr(model_class, "_model_mapping", None)  # an Auto class: the concrete class for this config
+    if mapping is not None:
+        try:
+            model_class = mapping[type(config)]
+        except KeyError:
+            raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
+                                  f"{type(config).__name__}") from None
+    state = load_folder(folder, framework="pt", threads=threads, base=base)
+    return model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
+
+
+def _packed_folder(repo_id_or_path: str | os.PathLike, **hub: Any) -> Path | None:
+    """The local packed folder (downloaded if a repo id), or None if it is not packed."""
+    path = Path(repo_id_or_path)
+    if path.is_dir():
+        return path if (path / MANIFEST).is_file() else None
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from .hub import _hub_errors
+
+    repo_id = os.fspath(repo_id_or_path)
+    with _hub_errors(repo_id):
+        try:
+            manifest = Path(hf_hub_download(repo_id, MANIFEST, **hub))
+        except EntryNotFoundError:
+            return None
+        folder = Path(snapshot_download(repo_id, **{**hub, "revision": manifest.parent.name}))
+    if not (folder / MANIFEST).is_file():
+        raise WeightpackError(f"{repo_id}: {MANIFEST} disappeared from the download")
+    return folder
