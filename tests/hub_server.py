@@ -7,6 +7,7 @@ resolve/download (HEAD and GET, with ETag, X-Repo-Commit, Content-Length and Ran
 kept in memory as git-like commits: a commit is a full {path: bytes} snapshot with a sha1 id.
 
 ``cut_off`` makes downloads of a path stop halfway through the body, as a dropped connection does.
+``rate`` (bytes per second, None for unlimited) caps how fast each download is sent, as a link would.
 Any request it does not know is answered 404 and recorded in ``unknown`` so a test can show it.
 """
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
@@ -49,6 +51,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.cut_off: set[str] = set()
+        self.rate: float | None = None
         self.unknown: list[str] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -224,7 +227,20 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._send(status, body[: len(body) // 2], headers, length=len(body))
                 self.close_connection = True
                 return
+            if self.command == "GET" and hub.rate:
+                self._send_paced(status, body, headers, hub.rate)
+                return
             self._send(status, body, headers)
+
+        def _send_paced(self, status: int, body: bytes, headers: dict[str, str], rate: float) -> None:
+            """Send the body no faster than ``rate`` bytes per second, a piece at a time."""
+            self._send(status, b"", headers, length=len(body))
+            start, piece = time.perf_counter(), 1 << 18
+            for offset in range(0, len(body), piece):
+                self.wfile.write(body[offset:offset + piece])
+                ahead = (offset + piece) / rate - (time.perf_counter() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
 
         def validate_yaml(self) -> None:  # called before uploading a README.md model card
             self._body()

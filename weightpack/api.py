@@ -28,7 +28,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,7 +54,7 @@ from .errors import WeightpackError
 from .paths import MANIFEST, SAFETENSORS, WPK, destination, walk
 from .planes import layout
 from .sources import BaseSet, Dedup
-from .wpkfile import ArchiveReader, pack_stream
+from .wpkfile import ArchiveReader, pack_stream, warm_up_decoder
 
 
 @contextmanager
@@ -276,29 +276,36 @@ def restore_folder(record: manifest.Manifest, fetch: Callable[[str], Path], dst:
     """Restore a packed folder, given its manifest and ``fetch(name)``, the local path of one of its files.
 
     ``fetch`` may be slow (a download): each archive is decoded on a thread of its own as soon as it
-    is fetched, while the next one is being fetched, so downloading and decoding overlap. Every
-    restored file is checked against the manifest; nothing is published unless all are.
+    is fetched, while the next one is being fetched, so downloading and decoding overlap; the other
+    files are fetched side by side meanwhile. Every restored file is checked against the manifest;
+    nothing is published unless all are.
     """
     total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
     with _bar(total, progress, "unpack") as bar, \
             atomic_output(dst, overwrite, directory=True, writes=record.restored_names()) as tmp, \
-            ThreadPoolExecutor(1, thread_name_prefix="weightpack-restore") as restorer:
-        decoding: list[Future] = []
-        for name, entry in record.files.items():  # small files first: errors in them show up early
+            ThreadPoolExecutor(1, thread_name_prefix="weightpack-restore") as restorer, \
+            ThreadPoolExecutor(FETCHERS, thread_name_prefix="weightpack-fetch") as fetchers:
+        work = [restorer.submit(warm_up_decoder)]  # load the kernels while the first archive arrives
+        work += [fetchers.submit(_restore_file, fetch, name, entry, tmp, bar) for name, entry in record.files.items()]
+        for name, entry in record.archives.items():  # one at a time, at the link's full speed, in order
             path = fetch(name)
-            with _about(path):
-                copy_checked(path, tmp / name, entry.sha256)
-            bar.update(entry.size)
-        for name, entry in record.archives.items():
-            path = fetch(name)
-            for done in (f for f in decoding if f.done()):
-                done.result()  # an archive that failed stops the fetching
+            for done in (f for f in work if f.done()):
+                done.result()  # a file that failed stops the fetching
             (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
-            decoding.append(restorer.submit(_restore_archive, path, entry, tmp / entry.original, pool, base, bar,
-                                            sha256))
-        for future in decoding:
+            work.append(restorer.submit(_restore_archive, path, entry, tmp / entry.original, pool, base, bar, sha256))
+        for future in work:
             future.result()
     return dst
+
+
+FETCHERS = 4  # small files (config, tokenizer, index.json) fetched side by side, beside the archives
+
+
+def _restore_file(fetch: Callable[[str], Path], name: str, entry: manifest.File, tmp: Path, bar: _Progress) -> None:
+    path = fetch(name)
+    with _about(path):
+        copy_checked(path, tmp / name, entry.sha256)
+    bar.update(entry.size)
 
 
 def _restore_archive(path: Path, entry: manifest.Archive, out: Path, pool: ThreadPoolExecutor, base: BaseSet | None,

@@ -10,12 +10,14 @@ to transformers unchanged. transformers and torch are imported only here.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from .errors import WeightpackError
 from .loading import load_folder
 from .paths import MANIFEST
+from .wpkfile import warm_up_decoder
 
 
 def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, revision: str | None = None,
@@ -28,6 +30,8 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
     ``kwargs`` go to transformers (``torch_dtype``, ``device_map``, ...); ``threads`` and ``base`` to
     the decoder (``base``: the base checkpoint a delta folder was packed against).
     """
+    warm_up = threading.Thread(target=warm_up_decoder, daemon=True)  # numba's start-up, beside the download
+    warm_up.start()
     folder = _packed_folder(repo_id_or_path, revision=revision, token=token, cache_dir=cache_dir,
                             endpoint=endpoint)
     if folder is None:
@@ -43,6 +47,7 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
         except KeyError:
             raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
                                   f"{type(config).__name__}") from None
+    warm_up.join()
     state = load_folder(folder, framework="pt", threads=threads, base=base)
     return model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
 

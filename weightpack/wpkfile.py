@@ -21,10 +21,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import codec, planes
+from . import bitpack, codec, planes, rans
 from .atomic import start_writeback
 from .checksum import stripe_hash
 from .container import (
+    CODEC_RANS,
     KIND_BYTES,
     KIND_TENSOR,
     PREAMBLE,
@@ -45,7 +46,7 @@ from .container import (
     write_index,
     write_preamble,
 )
-from .entropy import entropy_bits, histogram
+from .entropy import FrequencyTable, entropy_bits, histogram
 from .errors import FormatError, IntegrityError, WeightpackError
 from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
@@ -444,6 +445,19 @@ class ArchiveReader:
 
 
 _Fill = Callable[[np.ndarray], None]
+
+
+def warm_up_decoder() -> None:
+    """Load every decoding kernel (from numba's cache, or compiling it), so that a later decode does not wait
+    for that: run beside a download, it takes the ~0.5 s of numba's start-up off the critical path."""
+    table = FrequencyTable(1, np.array([1, 1], np.int64))
+    codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, table.to_bytes()), "warm-up")  # parses the table
+    rans.decode(np.zeros(16, np.uint8), 1, table.decoder_entries(), np.zeros(4, np.uint8))
+    for bits in (2, 6):
+        bitpack.unpack_into(np.zeros(bits, np.uint8), bits, np.zeros(8, np.uint8))
+    for dtype in ("BF16", "F32"):
+        planes.merge(planes.split(np.zeros(8, np.uint8), dtype), dtype)
+    stripe_hash(np.zeros(8, np.uint8), 0)
 
 
 class _Scratch(threading.local):

@@ -1,0 +1,134 @@
+"""Time to model: a packed Hub repo against the original, through the same bandwidth-capped loopback Hub.
+
+    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--json out.json]
+
+The Hub is the test suite's Hub-compatible server (tests/hub_server.py) on 127.0.0.1, sending each
+download no faster than the rate (MB/s). Two repos hold the same model: the original files, and the
+folder packed by weightpack. For each rate, each step runs in a fresh process with an empty cache:
+
+- *to files*: the original repo with ``snapshot_download`` (the files are then on disk, usable),
+  against ``weightpack pull`` of the packed repo (downloads, decodes each archive while the next one
+  downloads, checks every file against weightpack.json, publishes the folder);
+- *to model* (MiniLM only): ``snapshot_download`` then ``AutoModel.from_pretrained(folder)``,
+  against ``weightpack.from_pretrained(AutoModel, repo)`` (weights decoded in memory).
+
+Times are measured inside the process, from the call to the result, so Python's start-up and
+imports (the same for both, about 1 s) are left out; peak RSS is the whole process's (VmHWM: the
+server's memory, which a forked child's ru_maxrss would inherit, is not counted); disk is the
+cache plus the destination afterwards. The server is Python on the same 2 cores as the client:
+the rate is a cap, and "achieved" says what the original repo's download really reached.
+Models: MiniLM BF16 and F32 (real weights) and a synthetic BF16 checkpoint of ``--gib`` GiB
+(tools/make_large_checkpoint.py; for size, not ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from huggingface_hub import HfApi  # noqa: E402
+
+import weightpack  # noqa: E402
+from tests.hub_server import FakeHub  # noqa: E402
+from weightpack import minilm  # noqa: E402
+
+TOKEN = "hf_bench"
+STEP = r"""
+import json, sys, time
+from pathlib import Path
+kind, repo, endpoint, cache, out = sys.argv[1:6]
+import weightpack
+from huggingface_hub import snapshot_download
+if kind.endswith("model"):
+    import transformers
+start = time.perf_counter()
+if kind == "plain-files":
+    snapshot_download(repo, cache_dir=cache, endpoint=endpoint, token="hf_bench")
+elif kind == "packed-files":
+    weightpack.hub.pull(repo, out, cache_dir=cache, endpoint=endpoint, token="hf_bench")
+elif kind == "plain-model":
+    folder = snapshot_download(repo, cache_dir=cache, endpoint=endpoint, token="hf_bench")
+    transformers.AutoModel.from_pretrained(folder)
+else:
+    weightpack.from_pretrained(transformers.AutoModel, repo, cache_dir=cache, endpoint=endpoint, token="hf_bench")
+seconds = time.perf_counter() - start
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))  # this process's own peak
+print(json.dumps({"seconds": seconds, "peak_rss": int(hwm.split()[1]) * 1024}))
+"""
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
+
+
+def step(kind: str, repo: str, hub: FakeHub, tmp: Path) -> dict:
+    cache, out = tmp / f"cache-{kind}", tmp / f"out-{kind}"
+    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_XET="1",
+               TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run([sys.executable, "-c", STEP, kind, repo, hub.url, str(cache), str(out)], env=env,
+                            capture_output=True, text=True, check=True)
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured["disk"] = tree_bytes(cache) + tree_bytes(out)
+    for path in (cache, out):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    return measured
+
+
+def publish(hub: FakeHub, folder: Path, name: str) -> tuple[str, str]:
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo(f"bench/{name}-plain")
+    api.upload_folder(repo_id=f"bench/{name}-plain", folder_path=folder)
+    weightpack.hub.push(folder, f"bench/{name}-packed", token=TOKEN, endpoint=hub.url)
+    return f"bench/{name}-plain", f"bench/{name}-packed"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="100,500,1000", help="link rates in MB/s")
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the synthetic checkpoint (0: skip it)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, FakeHub() as hub:
+        tmp = Path(tmp)
+        models = [(f"MiniLM {d}", minilm.write_variant(tmp / d, d), True) for d in ("BF16", "F32")]
+        if args.gib:
+            big = tmp / "synthetic"
+            big.mkdir()
+            subprocess.run([sys.executable, str(REPO / "tools" / "make_large_checkpoint.py"),
+                            str(big / "model.safetensors"), "--gib", str(args.gib)], check=True)
+            models.append((f"synthetic BF16 {args.gib:g} GiB", big, False))
+        print("| model | link cap MB/s (achieved) | step | original repo | packed repo | speed-up | "
+              "peak RSS orig / packed | disk orig / packed |")
+        print("|---|---|---|---|---|---|---|---|")
+        for label, folder, with_model in models:
+            plain, packed = publish(hub, folder, label.split()[0].lower() + label.split()[-1].replace(".", ""))
+            for rate in rates:
+                hub.rate = rate * 1e6
+                kinds = [("files", "plain-files", "packed-files")]
+                if with_model:
+                    kinds.append(("model", "plain-model", "packed-model"))
+                for what, plain_kind, packed_kind in kinds:
+                    a, b = step(plain_kind, plain, hub, tmp), step(packed_kind, packed, hub, tmp)
+                    results.append({"model": label, "rate_MBps": rate, "to": what, "original": a, "packed": b})
+                    achieved = tree_bytes(folder) / a["seconds"] / 1e6
+                    print(f"| {label} | {rate:.0f} ({achieved:.0f}) | to {what} | {a['seconds']:.2f} s | "
+                          f"{b['seconds']:.2f} s | "
+                          f"**{a['seconds'] / b['seconds']:.2f}x** | {a['peak_rss'] / 2**20:.0f} / "
+                          f"{b['peak_rss'] / 2**20:.0f} MiB | {a['disk'] / 1e6:.0f} / {b['disk'] / 1e6:.0f} MB |",
+                          flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
