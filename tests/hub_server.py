@@ -72,6 +72,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stalls
 
         def log_message(self, *args: object) -> None:  # keep test output quiet
             pass
@@ -108,12 +109,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             for pattern, func in routes:
                 m = re.fullmatch(pattern, path)
                 if m:
+                    self.deferred = None
                     with hub.lock:
                         try:
                             func(**m.groupdict())
                         except Exception as exc:  # a server bug must show up as a 500, not a hang
                             hub.unknown.append(f"500 {self.command} {self.path}: {exc!r}")
                             self._error(500, "ServerError", repr(exc))
+                    if self.deferred is not None:  # a download's body: sent without holding the lock,
+                        self.deferred()  # so that downloads run side by side, as on the real Hub
                     return
             hub.unknown.append(f"{self.command} {self.path}")
             self._error(404, "EntryNotFound", f"unknown endpoint {self.command} {path}")
@@ -227,8 +231,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._send(status, body[: len(body) // 2], headers, length=len(body))
                 self.close_connection = True
                 return
-            if self.command == "GET" and hub.rate:
-                self._send_paced(status, body, headers, hub.rate)
+            if self.command == "GET":
+                rate = hub.rate
+                self.deferred = lambda: (self._send_paced(status, body, headers, rate) if rate
+                                         else self._send(status, body, headers))
                 return
             self._send(status, body, headers)
 

@@ -194,3 +194,15 @@ def test_from_pretrained_builds_the_model_from_a_packed_repo(hub: FakeHub, minil
     got, want = model.state_dict(), reference.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing unpacked to disk
+
+
+def test_an_archive_is_decoded_while_it_downloads(hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streaming: stripes are decoded as their bytes land in the cache, not after the whole file."""
+    wh.push(minilm_dirs["BF16"], "erin/stream", token=TOKEN, endpoint=hub.url)
+    seen = []
+    wait = wh._Arrival.__call__
+    monkeypatch.setattr(wh._Arrival, "__call__", lambda self, end: seen.append(self.download.done()) or wait(self, end))
+    hub.rate = 40e6  # ~0.75 s for the 30 MB archive
+    assert sha256_tree(_pull(hub, tmp_path, "erin/stream")) == sha256_tree(minilm_dirs["BF16"])
+    assert False in seen, "no stripe was read before the download finished"

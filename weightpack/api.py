@@ -27,10 +27,11 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from . import manifest
 from .atomic import atomic_output
@@ -169,7 +170,7 @@ def _check_archive(reader: ArchiveReader, expected: manifest.Archive | None) -> 
 
 
 def _unpack_file(reader: ArchiveReader, tmp: Path, bar: _Progress, sha256: bool) -> None:
-    with _about(reader.path):
+    with _about(reader.name):
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
@@ -257,42 +258,66 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                     atomic_output(dst, overwrite) as tmp:
                 _unpack_file(reader, tmp, bar, sha256)
             return dst
-        restore_folder(_packed_folder(src), lambda name: src / name, dst, overwrite=overwrite, pool=pool,
-                       base=base_set, progress=progress, sha256=sha256)
+        restore_folder(_packed_folder(src), LocalFolder(src), dst, overwrite=overwrite, pool=pool, base=base_set,
+                       progress=progress, sha256=sha256)
     return dst
 
 
-def unpack_fetched(record: manifest.Manifest, fetch: Callable[[str], Path], dst: str | os.PathLike, *,
-                   overwrite: bool = False, threads: int | None = None, progress: bool = False,
-                   base: str | os.PathLike | None = None, sha256: bool = False) -> Path:
-    """``unpack`` of a packed folder whose files come from ``fetch(name)`` (e.g. downloads); see restore_folder."""
+class FolderSource(Protocol):
+    """Where the files of a packed folder come from: a local folder, or a Hub repo (``hub.py``)."""
+
+    def file(self, name: str) -> Path:
+        """The local path of a file of the folder, once it is complete."""
+
+    def archive(self, name: str, pool: ThreadPoolExecutor,
+                base: BaseSet | None) -> AbstractContextManager[ArchiveReader]:
+        """An open archive of the folder; reading it may wait for its bytes to arrive."""
+
+
+class LocalFolder:
+    """A packed folder on disk, as a FolderSource."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    def archive(self, name: str, pool: ThreadPoolExecutor, base: BaseSet | None) -> ArchiveReader:
+        return _open(self.root / name, pool, base)
+
+
+def unpack_from(record: manifest.Manifest, source: FolderSource, dst: str | os.PathLike, *,
+                overwrite: bool = False, threads: int | None = None, progress: bool = False,
+                base: str | os.PathLike | None = None, sha256: bool = False) -> Path:
+    """``unpack`` of a packed folder described by ``record`` whose files come from ``source``."""
     with _workers(threads, base) as (pool, base_set):
-        return restore_folder(record, fetch, Path(dst), overwrite=overwrite, pool=pool, base=base_set,
+        return restore_folder(record, source, Path(dst), overwrite=overwrite, pool=pool, base=base_set,
                               progress=progress, sha256=sha256)
 
 
-def restore_folder(record: manifest.Manifest, fetch: Callable[[str], Path], dst: Path, *, overwrite: bool,
+def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *, overwrite: bool,
                    pool: ThreadPoolExecutor, base: BaseSet | None, progress: bool, sha256: bool) -> Path:
-    """Restore a packed folder, given its manifest and ``fetch(name)``, the local path of one of its files.
+    """Restore a packed folder, given its manifest and where its files come from.
 
-    ``fetch`` may be slow (a download): each archive is decoded on a thread of its own as soon as it
-    is fetched, while the next one is being fetched, so downloading and decoding overlap; the other
-    files are fetched side by side meanwhile. Every restored file is checked against the manifest;
-    nothing is published unless all are.
+    Archives are restored one after the other, each as its bytes arrive when ``source`` streams
+    them (a download); the other files are fetched side by side meanwhile, and the decoding kernels
+    loaded. Every restored file is checked against the manifest; nothing is published unless all are.
     """
     total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
     with _bar(total, progress, "unpack") as bar, \
             atomic_output(dst, overwrite, directory=True, writes=record.restored_names()) as tmp, \
-            ThreadPoolExecutor(1, thread_name_prefix="weightpack-restore") as restorer, \
             ThreadPoolExecutor(FETCHERS, thread_name_prefix="weightpack-fetch") as fetchers:
-        work = [restorer.submit(warm_up_decoder)]  # load the kernels while the first archive arrives
-        work += [fetchers.submit(_restore_file, fetch, name, entry, tmp, bar) for name, entry in record.files.items()]
-        for name, entry in record.archives.items():  # one at a time, at the link's full speed, in order
-            path = fetch(name)
-            for done in (f for f in work if f.done()):
-                done.result()  # a file that failed stops the fetching
+        work = [fetchers.submit(warm_up_decoder)]  # load the kernels while the first archive starts arriving
+        work += [fetchers.submit(_restore_file, source, name, entry, tmp, bar) for name, entry in record.files.items()]
+        for name, entry in record.archives.items():
             (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
-            work.append(restorer.submit(_restore_archive, path, entry, tmp / entry.original, pool, base, bar, sha256))
+            with source.archive(name, pool, base) as reader:
+                with _about(reader.name):
+                    _check_archive(reader, entry)
+                _unpack_file(reader, tmp / entry.original, bar, sha256)
+            for done in (f for f in work if f.done()):
+                done.result()  # a file that failed stops the rest
         for future in work:
             future.result()
     return dst
@@ -301,19 +326,11 @@ def restore_folder(record: manifest.Manifest, fetch: Callable[[str], Path], dst:
 FETCHERS = 4  # small files (config, tokenizer, index.json) fetched side by side, beside the archives
 
 
-def _restore_file(fetch: Callable[[str], Path], name: str, entry: manifest.File, tmp: Path, bar: _Progress) -> None:
-    path = fetch(name)
+def _restore_file(source: FolderSource, name: str, entry: manifest.File, tmp: Path, bar: _Progress) -> None:
+    path = source.file(name)
     with _about(path):
         copy_checked(path, tmp / name, entry.sha256)
     bar.update(entry.size)
-
-
-def _restore_archive(path: Path, entry: manifest.Archive, out: Path, pool: ThreadPoolExecutor, base: BaseSet | None,
-                     bar: _Progress, sha256: bool) -> None:
-    with _open(path, pool, base) as reader:
-        with _about(path):
-            _check_archive(reader, entry)
-        _unpack_file(reader, out, bar, sha256)
 
 
 def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool = False,

@@ -344,6 +344,29 @@ def read_index(f: BinaryIO, file_size: int) -> Index:
     return Index(original_size, sha, segments, sources)
 
 
+class PartialArchive:
+    """The parts of an archive of ``size`` bytes that ``read_index`` reads, as a file: its preamble
+    (``head``) and its last ``len(tail)`` bytes (index and footer). Lets a reader validate and use
+    the index of an archive that is still being downloaded."""
+
+    def __init__(self, head: bytes, tail: bytes, size: int) -> None:
+        self.head, self.tail, self.size, self.pos = head, tail, size, 0
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, n: int) -> bytes:
+        start = self.size - len(self.tail)
+        if self.pos + n <= len(self.head):
+            data = self.head[self.pos:self.pos + n]
+        elif self.pos >= start:
+            data = self.tail[self.pos - start:self.pos - start + n]
+        else:
+            raise FormatError("the index lies outside the part of the archive fetched for it")
+        self.pos += len(data)
+        return data
+
+
 def _check_tiling(segments: list[Segment], payload_end: int) -> None:
     """Chunks must cover the payload exactly, without gaps or overlaps: every byte is checksummed."""
     spans = sorted((c.offset, c.size) for s in segments for p in s.planes for c in p.chunks)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import api, manifest
 from .atomic import atomic_output
+from .container import FOOTER, PREAMBLE, SOURCE_SIBLING, PartialArchive, read_index
 from .errors import WeightpackError
 from .paths import MANIFEST, check_destination, walk
+from .sources import BaseSet
+from .wpkfile import ArchiveReader
 
 
 @contextmanager
@@ -126,14 +131,12 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
             names = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=commit)
 
     if record_path is not None and not is_offline_mode():
-        def fetch(name: str) -> Path:
-            with _hub_errors(repo_id), _hub_bars(progress):
-                return Path(hf_hub_download(repo_id, name, revision=commit, **options))
+        source = RepoFiles(repo_id, commit, progress=progress, **options)
         with _about_repo(repo_id):
             record = manifest.read(record_path.parent)
             record.check_listing(Path(f"commit {commit[:12]}"), names)
-            return api.unpack_fetched(record, fetch, dst, overwrite=overwrite, threads=threads, progress=progress,
-                                      base=base)
+            return api.unpack_from(record, source, dst, overwrite=overwrite, threads=threads, progress=progress,
+                                   base=base)
     with _hub_errors(repo_id), _hub_bars(progress):  # offline (the cache only), or a repo that is not packed
         snapshot = Path(snapshot_download(repo_id, revision=revision, **options))
     if (snapshot / MANIFEST).is_file():
@@ -154,3 +157,123 @@ def _about_repo(repo_id: str) -> Iterator[None]:
         yield
     except WeightpackError as exc:
         raise type(exc)(f"{repo_id}: {exc}") from None
+
+
+class RepoFiles:
+    """The files of a packed repo at one commit, as an ``api.FolderSource``.
+
+    Every file is downloaded with ``hf_hub_download`` into huggingface_hub's cache, as any download
+    (tokens, revisions, the cache itself work as usual). An archive is also *streamed*: its index
+    is fetched first with two small range requests, then, while ``hf_hub_download`` writes the file,
+    its stripes are decoded as their bytes land in the cache's temporary file (a stripe's chunks are
+    contiguous, in file order). Where that cannot be done (the file is cached already, the server
+    ignores ranges, the download's temporary file is not found, the archive refers to a sibling),
+    the archive is decoded once downloaded. What is streamed is checked like anything else: every
+    chunk's CRC-32 and every stripe's XXH64.
+    """
+
+    FIND_PARTIAL_S = 10.0  # how long to look for the download's temporary file before decoding after it
+
+    def __init__(self, repo_id: str, commit: str, *, token: str | None, cache_dir: str | os.PathLike | None,
+                 endpoint: str | None, progress: bool = False) -> None:
+        self.repo_id, self.commit, self.progress = repo_id, commit, progress
+        self.token, self.cache_dir, self.endpoint = token, cache_dir, endpoint
+
+    def file(self, name: str) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        with _hub_errors(self.repo_id), _hub_bars(self.progress):
+            return Path(hf_hub_download(self.repo_id, name, revision=self.commit, token=self.token,
+                                        cache_dir=self.cache_dir, endpoint=self.endpoint))
+
+    @contextmanager
+    def archive(self, name: str, pool: ThreadPoolExecutor, base: BaseSet | None) -> Iterator[ArchiveReader]:
+        with ThreadPoolExecutor(1, thread_name_prefix="weightpack-download") as downloader:
+            download = downloader.submit(self.file, name)
+            streamed = self._streamed(name, download, pool, base)
+            try:
+                with streamed[0] if streamed else ArchiveReader(download.result(), pool, base) as reader:
+                    yield reader
+                download.result()  # the cache holds the whole file, checked by huggingface_hub
+            finally:
+                if streamed:
+                    os.close(streamed[1].fd)
+
+    def _streamed(self, name: str, download: Future, pool: ThreadPoolExecutor,
+                  base: BaseSet | None) -> tuple[ArchiveReader, _Arrival] | None:
+        """A reader of the archive as it downloads (and what it waits on), or None where it cannot be streamed."""
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.file_download import repo_folder_name
+
+        url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
+        with _hub_errors(self.repo_id):
+            meta = get_hf_file_metadata(url, token=self.token)
+        size, etag = meta.size, meta.etag
+        blobs = Path(self.cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=self.repo_id,
+                                                                                   repo_type="model") / "blobs"
+        if not size or not etag or size < PREAMBLE.size + FOOTER.size or (blobs / etag).exists():
+            return None
+        head, footer = self._range(url, 0, PREAMBLE.size), self._range(url, size - FOOTER.size, FOOTER.size)
+        if head is None or footer is None:
+            return None
+        index_offset = FOOTER.unpack(footer)[0]
+        tail = self._range(url, index_offset, size - index_offset) if 0 < index_offset < size else None
+        if tail is None:
+            return None  # refused properly once downloaded
+        with _about_repo(self.repo_id):
+            index = read_index(PartialArchive(head, tail, size), size)
+        if any(s.kind == SOURCE_SIBLING for s in index.sources):
+            return None
+        partial = self._find_partial(blobs, etag, download)
+        if partial is None:
+            return None
+        try:
+            fd = os.open(partial, os.O_RDONLY)
+        except OSError:  # renamed into place meanwhile: decode it from there
+            return None
+        arrival = _Arrival(fd, download)
+        try:
+            return ArchiveReader(partial, pool, base, index=index, available=arrival, name=Path(name)), arrival
+        except OSError:
+            os.close(fd)
+            return None
+
+    def _range(self, url: str, start: int, length: int) -> bytes | None:
+        """Bytes ``start`` to ``start + length`` of a file, or None if the server will not send a range."""
+        from huggingface_hub.utils import build_hf_headers, get_session
+
+        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{start + length - 1}"}
+        with _hub_errors(self.repo_id):
+            response = get_session().get(url, headers=headers, follow_redirects=True)
+        if response.status_code != 206 or len(response.content) != length:
+            return None
+        return response.content
+
+    def _find_partial(self, blobs: Path, etag: str, download: Future) -> Path | None:
+        """The temporary file huggingface_hub is downloading the blob into (``<etag>*.incomplete``)."""
+        deadline = time.monotonic() + self.FIND_PARTIAL_S
+        while not download.done() and time.monotonic() < deadline:
+            found = sorted(blobs.glob(f"{etag}*.incomplete"), key=lambda p: p.stat().st_mtime if p.exists() else 0)
+            if found:
+                return found[-1]
+            time.sleep(0.005)
+        return None
+
+
+class _Arrival:
+    """``available(end)`` of a file being downloaded: waits until it holds ``end`` bytes."""
+
+    def __init__(self, fd: int, download: Future) -> None:
+        self.fd, self.download = fd, download
+
+    def __call__(self, end: int) -> None:
+        while os.fstat(self.fd).st_size < end:
+            if api.CANCEL.is_set():
+                raise KeyboardInterrupt
+            if self.download.done():
+                self.download.result()  # the download's own error, if it failed
+                if os.fstat(self.fd).st_size < end:
+                    raise WeightpackError(f"downloaded archive is shorter ({os.fstat(self.fd).st_size} bytes) "
+                                          f"than its index says ({end})")
+                return
+            time.sleep(0.002)

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import BinaryIO
 
@@ -205,13 +206,16 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
     offset = PREAMBLE.size
 
     def emit(seg: Segment, coded: Coded) -> None:
+        """Write a segment's chunks stripe by stripe (chunk k of every plane, then k + 1): the bytes a
+        stripe decodes from are contiguous, so a reader can decode it as soon as they have arrived."""
         nonlocal offset
-        for record, chunks in coded:
-            for c in chunks:
-                record.chunks.append(Chunk(offset, len(c.payload), c.crc32, c.mode, c.table))
-                out.write(c.payload)
-                offset += len(c.payload)
-            seg.planes.append(record)
+        seg.planes = [record for record, _ in coded]
+        for stripe in zip_longest(*(chunks for _, chunks in coded)):  # constant planes have no chunks
+            for record, c in zip(seg.planes, stripe):
+                if c is not None:
+                    record.chunks.append(Chunk(offset, len(c.payload), c.crc32, c.mode, c.table))
+                    out.write(c.payload)
+                    offset += len(c.payload)
         segments.append(seg)
 
     def flush(limit: int) -> None:
@@ -285,11 +289,16 @@ class ArchiveReader:
     tensor must itself be stored whole or against the base, so references never chain or loop.
     """
 
-    def __init__(self, path: Path, pool: Executor, base: BaseSet | None = None) -> None:
-        self.path, self.pool, self.base = Path(path), pool, base
+    def __init__(self, path: Path, pool: Executor, base: BaseSet | None = None, *, index: Index | None = None,
+                 available: Callable[[int], None] | None = None, name: Path | None = None) -> None:
+        """``index`` and ``available``: for an archive still arriving at ``path`` (a download), its index
+        (fetched apart) and ``available(end)``, which returns once the first ``end`` bytes are there.
+        ``name``: how errors name the archive (default: its path)."""
+        self.path, self.pool, self.base, self._available = Path(path), pool, base, available
+        self.name = name or self.path
         self._file = open(self.path, "rb")  # noqa: SIM115 -- closed by close() / __exit__
         try:
-            self.index = read_index(self._file, os.fstat(self._file.fileno()).st_size)
+            self.index = index or read_index(self._file, os.fstat(self._file.fileno()).st_size)
         except BaseException:
             self._file.close()
             raise
@@ -317,6 +326,8 @@ class ArchiveReader:
 
     def read(self, offset: int, size: int) -> np.ndarray:
         """Stored bytes of the archive (for chunks, whose offsets the index has validated)."""
+        if self._available is not None:
+            self._available(offset + size)
         return read_exact(self._file.fileno(), offset, size)
 
     def _source(self, seg: Segment):
