@@ -134,7 +134,6 @@ def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tup
 # it shrinks about 4x per bit of precision removed, since it grows as (2**precision / STATE_LOW)**2.
 # (BF16 MiniLM, 590 Ki symbols: 0.0035 bits/symbol at 15, 0.0010 at 14, 0.0003 at 13, on both planes.)
 RANS_LOSS_BITS = 0.0035
-MAX_TABLE_PRECISION = rans.MAX_PRECISION
 
 
 _TABLE_ERRORS = {1: "is truncated", 2: "has an invalid precision or alphabet",
@@ -152,7 +151,7 @@ def _parse_table(data: np.ndarray, freq: np.ndarray) -> int:
     precision = np.int64(data[0])
     first = np.int64(data[1]) | (np.int64(data[2]) << 8)
     span = np.int64(data[3]) | (np.int64(data[4]) << 8)
-    if not 1 <= precision <= MAX_TABLE_PRECISION or span < 1 or first + span > freq.size:
+    if not 1 <= precision <= rans.MAX_PRECISION or span < 1 or first + span > freq.size:
         return 2
     pos = 5 + (span + 7) // 8
     if data.size < pos:
