@@ -156,7 +156,8 @@ def _about_repo(repo_id: str) -> Iterator[None]:
     try:
         yield
     except WeightpackError as exc:
-        raise type(exc)(f"{repo_id}: {exc}") from None
+        message = str(exc).replace(f": {repo_id}: ", ": ")  # a download error inside names the repo already
+        raise type(exc)(message if message.startswith(f"{repo_id}: ") else f"{repo_id}: {message}") from None
 
 
 class RepoFiles:
@@ -239,12 +240,14 @@ class RepoFiles:
             return None
 
     def _range(self, url: str, start: int, length: int) -> bytes | None:
-        """Bytes ``start`` to ``start + length`` of a file, or None if the server will not send a range."""
+        """Bytes ``start`` to ``start + length`` of a file, or None if the server will not send that range."""
         from huggingface_hub.utils import build_hf_headers, get_session
 
         headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{start + length - 1}"}
-        with _hub_errors(self.repo_id):
+        try:  # best effort: any failure here means decoding after the download, which reports real errors
             response = get_session().get(url, headers=headers, follow_redirects=True)
+        except Exception:
+            return None
         if response.status_code != 206 or len(response.content) != length:
             return None
         return response.content
