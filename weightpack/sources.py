@@ -107,16 +107,19 @@ COMPARE_BYTES = 1 << 26  # compare candidate duplicates 64 MiB at a time
 
 
 class Dedup:
-    """Tensors stored so far in a pack run, found again by content: (size, CRC32), then byte comparison."""
+    """Tensors stored so far in a pack run, found again by content: (size, key), then byte comparison.
+
+    The key is a hash of the tensor's first block (see wpkfile): cheap to compute, and a tensor
+    only becomes a copy of another once all their bytes compare equal."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[int, int], list[Stored]] = {}
         self.sha256: dict[str, bytes] = {}  # archive -> sha256 of its original, once finished
 
-    def find(self, tensor: TensorEntry, crc: int, read: Callable[[int, int], np.ndarray]) -> Stored | None:
+    def find(self, tensor: TensorEntry, key: int, read: Callable[[int, int], np.ndarray]) -> Stored | None:
         """A stored tensor with the same dtype, shape and bytes; ``read(a, b)`` gives bytes a..b of this one."""
         size = tensor.end - tensor.start
-        for s in self._seen.get((size, crc), []):
+        for s in self._seen.get((size, key), []):
             if s.tensor.dtype != tensor.dtype or s.tensor.shape != tensor.shape:
                 continue
             with open(s.file, "rb") as f:
@@ -126,5 +129,5 @@ class Dedup:
                     return s
         return None
 
-    def add(self, crc: int, stored: Stored) -> None:
-        self._seen.setdefault((stored.tensor.end - stored.tensor.start, crc), []).append(stored)
+    def add(self, key: int, stored: Stored) -> None:
+        self._seen.setdefault((stored.tensor.end - stored.tensor.start, key), []).append(stored)

@@ -15,7 +15,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 from typing import BinaryIO
@@ -89,17 +88,31 @@ class _Sources:
 Coded = list[tuple[PlaneRecord, Iterable[codec.EncodedChunk]]]
 PARALLEL_CHUNKS = 4  # tensors with more chunks than this spread their chunks over the pool
 READ_ELEMENTS = codec.CHUNK_SYMBOLS * PARALLEL_CHUNKS  # large tensors are read and split this much at a time
+WRITEBACK_BYTES = 1 << 23  # the archive's pages are handed to the disk every 8 MiB written
 
 
-@dataclass
 class _TensorInput:
-    """One tensor being packed: its file entry, CRC32, stripe checksums, a reader for its bytes, its planes."""
+    """One tensor being packed: its file entry, dedup key, a reader for its bytes, and (computed where
+    first asked for: on a coding thread for a tensor coded whole) its planes and stripe checksums."""
 
-    tensor: TensorEntry
-    crc: int
-    hashes: list[int]
-    read: Callable[[int, int], np.ndarray]  # bytes a..b of the tensor
-    planes: list[np.ndarray]
+    def __init__(self, tensor: TensorEntry, key: int, read: Callable[[int, int], np.ndarray],
+                 data: np.ndarray | None = None, planes: list[np.ndarray] | None = None,
+                 hashes: list[int] | None = None) -> None:
+        self.tensor, self.key, self.read = tensor, key, read  # key: CRC-32 of the first block (see Dedup)
+        self._data, self._planes, self._hashes = data, planes, hashes
+
+    @property
+    def planes(self) -> list[np.ndarray]:
+        if self._planes is None:
+            self._planes = planes.split(self._data, self.tensor.dtype)
+        return self._planes
+
+    @property
+    def hashes(self) -> list[int]:
+        if self._hashes is None:
+            self._hashes = _stripe_hashes(self._data, codec.CHUNK_SYMBOLS * planes.itemsize(self.tensor.dtype),
+                                          self.tensor.start)
+        return self._hashes
 
 
 def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int]:
@@ -108,22 +121,29 @@ def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int
 
 
 def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _TensorInput:
-    """Read a tensor a few stripes at a time, hashing it and splitting it into planes as it comes.
-
-    Only the planes are held (about the tensor's size), never the bytes and the planes together.
+    """Read a tensor, hashing it. A tensor of one block is kept as bytes (split and checksummed later,
+    by the thread that codes it); a larger one is read a block at a time and split as it comes, so
+    that only its planes are held (about its size), never its bytes and its planes together.
     """
     size, count = planes.itemsize(tensor.dtype), (tensor.end - tensor.start) // planes.itemsize(tensor.dtype)
-    specs = planes.layout(tensor.dtype)
-    arrays = [np.empty(count, spec.symbol_dtype) for spec in specs]
-    crc, hashes = 0, []
+
+    def read(a: int, b: int) -> np.ndarray:
+        return read_exact(fd, tensor.start + a, b - a)
+    if count <= READ_ELEMENTS:
+        data = read(0, count * size)
+        digest.update(data)
+        return _TensorInput(tensor, zlib.crc32(data), read, data=data)
+    arrays = [np.empty(count, spec.symbol_dtype) for spec in planes.layout(tensor.dtype)]
+    key, hashes = 0, []
     for first in range(0, count, READ_ELEMENTS):
         end = min(first + READ_ELEMENTS, count)
-        data = read_exact(fd, tensor.start + first * size, (end - first) * size)
+        data = read(first * size, end * size)
         digest.update(data)
-        crc = zlib.crc32(data, crc)
+        if first == 0:  # a key for finding duplicates, not a proof: Dedup compares candidates byte for byte
+            key = zlib.crc32(data)
         hashes += _stripe_hashes(data, codec.CHUNK_SYMBOLS * size, tensor.start + first * size)
         planes.split_into(data, tensor.dtype, [array[first:end] for array in arrays])
-    return _TensorInput(tensor, crc, hashes, lambda a, b: read_exact(fd, tensor.start + a, b - a), arrays)
+    return _TensorInput(tensor, key, read, planes=arrays, hashes=hashes)
 
 
 def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: Dedup | None, archive: str,
@@ -132,26 +152,26 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
     and the coding work still to do, as a function of the executor to spread its chunks over."""
     tensor = item.tensor
     seg = Segment(KIND_TENSOR, tensor.end - tensor.start, [], tensor.name, tensor.dtype, tensor.shape,
-                  stripe=codec.CHUNK_SYMBOLS, hashes=item.hashes)
-    seen = dedup.find(tensor, item.crc, item.read) if dedup is not None else None
+                  stripe=codec.CHUNK_SYMBOLS)
+    seen = dedup.find(tensor, item.key, item.read) if dedup is not None else None
     if seen is not None:
-        seg.ref, seg.ref_name = REF_COPY, seen.tensor.name
+        seg.ref, seg.ref_name, seg.hashes = REF_COPY, seen.tensor.name, item.hashes
         if seen.archive != archive:
             rel = os.path.relpath(seen.archive, start=os.path.dirname(archive) or ".")
             seg.source = sources.index(SOURCE_SIBLING, Path(rel).as_posix(), dedup.sha256[seen.archive])
         return seg, lambda pool: []
     if dedup is not None:
-        dedup.add(item.crc, Stored(archive, src, tensor))
+        dedup.add(item.key, Stored(archive, src, tensor))
     specs = planes.layout(tensor.dtype)
     base_file = base.match(tensor.name, tensor.dtype, tensor.shape) if base is not None else None
-    coded_planes, transforms = item.planes, [TRANSFORM_NONE] * len(specs)
+    coded_planes, transforms = None, [TRANSFORM_NONE] * len(specs)  # None: the tensor's own planes
     if base_file is not None:
         seg.source = sources.index(SOURCE_BASE, base.names[base_file], base_file.sha256)
         seg.ref_name = tensor.name
         data = base_file.tensor_bytes(tensor.name, 0, seg.count)
         reference = planes.split(data, tensor.dtype)
         if all(np.array_equal(r, p) for r, p in zip(reference, item.planes)):
-            seg.ref = REF_COPY
+            seg.ref, seg.hashes = REF_COPY, item.hashes
             return seg, lambda pool: []
         seg.ref = REF_DELTA
         # Two delta models; the one with the lower order-0 entropy is coded.
@@ -165,8 +185,9 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
 
     def code(pool: Executor | None) -> Coded:
         """Every plane's table fitted side by side (on the pool if any), then their chunks, lazily."""
+        seg.hashes = item.hashes
         fitted = [_submit(pool, codec.encode_plane, p, spec.bits, pool, t)
-                  for p, t, spec in zip(coded_planes, transforms, specs)]
+                  for p, t, spec in zip(coded_planes or item.planes, transforms, specs)]
         return [f.result() for f in fitted]
     return seg, code
 
@@ -203,12 +224,12 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
     sources = _Sources()
     pending: deque[tuple[Segment, Future]] = deque()
     write_preamble(out)
-    offset = PREAMBLE.size
+    offset = written_back = PREAMBLE.size
 
     def emit(seg: Segment, coded: Coded) -> None:
         """Write a segment's chunks stripe by stripe (chunk k of every plane, then k + 1): the bytes a
         stripe decodes from are contiguous, so a reader can decode it as soon as they have arrived."""
-        nonlocal offset
+        nonlocal offset, written_back
         seg.planes = [record for record, _ in coded]
         for stripe in zip_longest(*(chunks for _, chunks in coded)):  # constant planes have no chunks
             for record, c in zip(seg.planes, stripe):
@@ -216,6 +237,10 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
                     record.chunks.append(Chunk(offset, len(c.payload), c.crc32, c.mode, c.table))
                     out.write(c.payload)
                     offset += len(c.payload)
+        if offset - written_back >= WRITEBACK_BYTES:  # start the disk write early: the final fsync then waits less
+            out.flush()
+            start_writeback(out.fileno(), written_back, offset - written_back)
+            written_back = offset
         segments.append(seg)
 
     def flush(limit: int) -> None:
