@@ -165,12 +165,12 @@ class RepoFiles:
 
     Every file is downloaded with ``hf_hub_download`` into huggingface_hub's cache, as any download
     (tokens, revisions, the cache itself work as usual). An archive is also *streamed*: its index
-    is fetched first with two small range requests, then, while ``hf_hub_download`` writes the file,
-    its stripes are decoded as their bytes land in the cache's temporary file (a stripe's chunks are
-    contiguous, in file order). Where that cannot be done (the file is cached already, the server
-    ignores ranges, the download's temporary file is not found, the archive refers to a sibling),
-    the archive is decoded once downloaded. What is streamed is checked like anything else: every
-    chunk's CRC-32 and every stripe's XXH64.
+    is fetched first with three small range requests (preamble, footer, index), then, while
+    ``hf_hub_download`` writes the file, its stripes are decoded as their bytes land in the cache's
+    temporary file (a stripe's chunks are contiguous, in file order). Where that cannot be done (the
+    file is cached already, the server ignores ranges, the download's temporary file is not found,
+    the archive refers to a sibling), the archive is decoded once downloaded. What is streamed is
+    checked like anything else: every chunk's CRC-32 and every stripe's XXH64.
     """
 
     FIND_PARTIAL_S = 10.0  # how long to look for the download's temporary file before decoding after it
