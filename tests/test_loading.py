@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,33 @@ def test_pack_unpack_and_numpy_loading_never_import_torch(bf16_file: Path, tmp_p
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _same_weights(model, reference) -> bool:
+    got, want = model.state_dict(), reference.state_dict()
+    return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_from_pretrained_builds_a_sharded_packed_folder_and_passes_plain_ones_through(
+        minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """A sharded checkpoint (index.json) packed, loaded without writing weights; a plain folder as transformers."""
+    transformers = pytest.importorskip("transformers")
+    from weightpack.safetensors_layout import write
+
+    tensors = minilm.load(minilm_dirs["F16"] / minilm.CHECKPOINT)
+    src = tmp_path / "sharded"
+    src.mkdir()
+    names, weight_map = list(tensors), {}
+    for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = f"model-{k + 1:05d}-of-00002.safetensors"
+        write(src / shard, {n: tensors[n] for n in part}, {"format": "pt"})
+        weight_map.update(dict.fromkeys(part, shard))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (src / "config.json").write_bytes((minilm_dirs["F16"] / "config.json").read_bytes())
+    packed = weightpack.pack(src, tmp_path / "packed")
+    reference = transformers.AutoModel.from_pretrained(src)
+    model = weightpack.from_pretrained(transformers.AutoModel, packed)
+    assert model.dtype == reference.dtype == torch.float16 and _same_weights(model, reference)
+    assert sorted(p.name for p in tmp_path.rglob("*.safetensors")) == sorted(set(weight_map.values()))  # no copy
+    plain = weightpack.from_pretrained(transformers.AutoModel, src)  # not packed: transformers as is
+    assert _same_weights(plain, reference)
