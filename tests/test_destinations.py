@@ -141,7 +141,7 @@ def test_info_of_a_packed_folder_lists_each_archive_then_totals(work: tuple[Path
     _, packed = work
     assert main(["info", str(packed)]) == 0
     out = capsys.readouterr().out
-    assert "model.wpk" in out and "1 archives and 2 other files" in out
+    assert "model.wpk" in out and "1 archive and 2 other files" in out
 
 
 def test_a_stale_temporary_from_a_killed_run_is_removed_by_the_next(minilm_dirs: dict[str, Path],

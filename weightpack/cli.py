@@ -91,8 +91,9 @@ def _info(args: argparse.Namespace) -> dict:
         print(f"== {archive['file']}")
         _print_archive(archive)
         print()
-    print(f"folder {report['folder']}: {len(report['archives'])} archives and {_count(report['files'], 'other file')}, "
-          f"{_size(report['original_bytes'])} -> {_size(report['packed_bytes'])} ({100 * report['ratio']:.3f}%)")
+    contents = f"{_count(len(report['archives']), 'archive')} and {_count(report['files'], 'other file')}"
+    print(f"folder {report['folder']}: {contents}, {_size(report['original_bytes'])} -> "
+          f"{_size(report['packed_bytes'])} ({100 * report['ratio']:.3f}%)")
     return report
 
 
