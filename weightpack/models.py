@@ -30,8 +30,6 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
     ``kwargs`` go to transformers (``torch_dtype``, ``device_map``, ...); ``threads`` and ``base`` to
     the decoder (``base``: the base checkpoint a delta folder was packed against).
     """
-    warm_up = threading.Thread(target=warm_up_decoder, daemon=True)  # numba's start-up, beside the download
-    warm_up.start()
     folder = _packed_folder(repo_id_or_path, revision=revision, token=token, cache_dir=cache_dir,
                             endpoint=endpoint)
     if folder is None:
@@ -47,7 +45,6 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
         except KeyError:
             raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
                                   f"{type(config).__name__}") from None
-    warm_up.join()
     state = load_folder(folder, framework="pt", threads=threads, base=base)
     return model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
 
@@ -68,6 +65,9 @@ def _packed_folder(repo_id_or_path: str | os.PathLike, **hub: Any) -> Path | Non
             manifest = Path(hf_hub_download(repo_id, MANIFEST, **hub))
         except EntryNotFoundError:
             return None
+        # Packed: load the decoding kernels (numba's start-up) while the rest downloads. A plain repo never
+        # pays for it; numba serialises a kernel's first load, so decoding later simply finds it ready.
+        threading.Thread(target=warm_up_decoder, daemon=True).start()
         folder = Path(snapshot_download(repo_id, **{**hub, "revision": manifest.parent.name}))
     if not (folder / MANIFEST).is_file():
         raise WeightpackError(f"{repo_id}: {MANIFEST} disappeared from the download")

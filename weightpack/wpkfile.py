@@ -426,8 +426,8 @@ class ArchiveReader:
                     out[:] = codec.undo_word_difference(out, reference, planes.itemsize(seg.dtype))
             if stripe_hash(out, seg.start + k * step * size) != seg.hashes[k]:
                 raise IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
-        return [(k, min(step, seg.count - k * step), functools.partial(fill, k, min(step, seg.count - k * step)))
-                for k in range(first // step, -(-end // step))]
+        sizes = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
+        return [(k, n, functools.partial(fill, k, n)) for k, n in sizes]
 
     def segment_bytes(self, seg: Segment, first: int = 0, end: int | None = None,
                       parallel: bool = True) -> np.ndarray:
