@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -51,7 +51,7 @@ from .container import (
     PlaneRecord,
     Segment,
 )
-from .errors import WeightpackError
+from .errors import WeightpackError, about
 from .paths import MANIFEST, SAFETENSORS, WPK, destination, walk
 from .planes import layout
 from .sources import BaseSet, Dedup
@@ -59,32 +59,19 @@ from .wpkfile import ArchiveReader, pack_stream, warm_up_decoder
 
 
 @contextmanager
-def _workers(threads: int | None, base: str | os.PathLike | None = None) -> Iterator[tuple[ThreadPoolExecutor,
-                                                                                         BaseSet | None]]:
+def workers(threads: int | None, base: str | os.PathLike | None = None) -> Iterator[tuple[ThreadPoolExecutor,
+                                                                                        BaseSet | None]]:
     """The thread pool of one operation, and the base checkpoint opened if one is given."""
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         if base is None:
             yield pool, None
             return
-        with _about(Path(base)):
+        with about(Path(base)):
             base_set = BaseSet(Path(base), lambda p: ArchiveReader(p, pool))
         try:
             yield pool, base_set
         finally:
             base_set.close()
-
-
-@contextmanager
-def _about(path: Path) -> Iterator[None]:
-    """Make every failure inside name ``path``: one line a user can act on."""
-    try:
-        yield
-    except WeightpackError as exc:
-        msg = str(exc)
-        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-    except OSError as exc:
-        name = exc.filename or path
-        raise WeightpackError(f"{name}: {exc.strerror or exc}") from None
 
 
 # Set (by the CLI, on Ctrl-C or SIGTERM) to stop the operation at its next step; it then cleans up.
@@ -137,7 +124,8 @@ def copy_checked(src: Path, dst: Path, expected: str | None = None) -> manifest.
     return manifest.File(dst.stat().st_size, after)
 
 
-def _source(src: str | os.PathLike) -> Path:
+def existing(src: str | os.PathLike) -> Path:
+    """``src`` as a Path, refused with one clear line unless it exists."""
     src = Path(src)
     if not (src.exists() or src.is_symlink()):
         raise WeightpackError(f"{src}: no such file or folder")
@@ -146,19 +134,24 @@ def _source(src: str | os.PathLike) -> Path:
     return src
 
 
-def _pack_file(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, bar: _Progress, base: BaseSet | None,
-               dedup: Dedup | None = None, archive: str = "") -> Index:
-    with _about(src):
+def pack_archive(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, progress: Callable[[int], None],
+                 base: BaseSet | None, dedup: Dedup | None = None, archive: str = "") -> Index:
+    """Pack one safetensors file into ``tmp`` (a temporary name), decoding it again if ``verify``.
+
+    ``dedup`` and ``archive``: see ``wpkfile.pack_stream``. The one step of packing that a cluster
+    task runs (``weightpack.cluster``), so that both give the same bytes.
+    """
+    with about(src):
         with open(tmp, "wb") as out:
-            index = pack_stream(src, out, pool, bar.update, base, dedup, archive)
+            index = pack_stream(src, out, pool, progress, base, dedup, archive)
         if verify:  # every stripe decoded and checked against the XXH64 of the source's bytes
             with ArchiveReader(tmp, pool, base) as reader:
                 reader.restore(None)
     return index
 
 
-def _open(path: Path, pool: ThreadPoolExecutor, base: BaseSet | None = None) -> ArchiveReader:
-    with _about(path):
+def open_archive(path: Path, pool: ThreadPoolExecutor, base: BaseSet | None = None) -> ArchiveReader:
+    with about(path):
         return ArchiveReader(path, pool, base)
 
 
@@ -169,17 +162,20 @@ def _check_archive(reader: ArchiveReader, expected: manifest.Archive | None) -> 
         raise WeightpackError(f"does not match the sha256/size that {MANIFEST} records for it")
 
 
-def _unpack_file(reader: ArchiveReader, tmp: Path, bar: _Progress, sha256: bool) -> None:
-    with _about(reader.name):
+def restore_archive(reader: ArchiveReader, expected: manifest.Archive | None, tmp: Path,
+                    progress: Callable[[int], None], sha256: bool) -> None:
+    """Restore an open archive into ``tmp``, after checking it is the one ``expected`` (its manifest entry)."""
+    with about(reader.name):
+        _check_archive(reader, expected)
         free = shutil.disk_usage(tmp.parent).free
         if reader.index.original_size > free:
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
                                   f"{tmp.parent} has {free} free")
         with open(tmp, "wb") as out:
-            reader.restore(out.fileno(), bar.update, sha256)
+            reader.restore(out.fileno(), progress, sha256)
 
 
-def _packable(src: Path) -> tuple[list[Path], list[Path]]:
+def packable(src: Path) -> tuple[list[Path], list[Path]]:
     """(safetensors files, other files) of a model folder, refusing one that cannot be packed."""
     files = walk(src)
     for f in files:
@@ -204,35 +200,35 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
     file or another shard of the folder) are stored once. ``overwrite`` replaces only an output of
     the same kind (see ``weightpack.paths``).
     """
-    src = _source(src)
+    src = existing(src)
     dst = destination(src, dst, packing=True)
     if src.is_file():
-        with _workers(threads, base) as (pool, base_set), _bar(src.stat().st_size, progress, "pack") as bar, \
+        with workers(threads, base) as (pool, base_set), _bar(src.stat().st_size, progress, "pack") as bar, \
                 atomic_output(dst, overwrite) as tmp:
-            _pack_file(src, tmp, pool, verify, bar, base_set, Dedup())
+            pack_archive(src, tmp, pool, verify, bar.update, base_set, Dedup())
         return dst
-    weights, others = _packable(src)
+    weights, others = packable(src)
     rel = {f: f.relative_to(src) for f in weights + others}
     writes = [rel[f].with_suffix(WPK).as_posix() for f in weights] + [rel[f].as_posix() for f in others] + [MANIFEST]
-    with _workers(threads, base) as (pool, base_set), \
+    with workers(threads, base) as (pool, base_set), \
             _bar(sum(f.stat().st_size for f in rel), progress, "pack") as bar, \
             atomic_output(dst, overwrite, directory=True, writes=writes) as tmp:
         record, dedup = manifest.Manifest(), Dedup()
         for f in weights:
             archive = rel[f].with_suffix(WPK).as_posix()
             (tmp / archive).parent.mkdir(parents=True, exist_ok=True)
-            index = _pack_file(f, tmp / archive, pool, verify, bar, base_set, dedup, archive)
+            index = pack_archive(f, tmp / archive, pool, verify, bar.update, base_set, dedup, archive)
             record.archives[archive] = manifest.Archive(rel[f].as_posix(), index.original_size,
                                                         index.original_sha256.hex())
         for f in others:
-            with _about(f):
+            with about(f):
                 record.files[rel[f].as_posix()] = copy_checked(f, tmp / rel[f])
             bar.update(f.stat().st_size)
         (tmp / MANIFEST).write_bytes(record.dumps())
     return dst
 
 
-def _packed_folder(src: Path) -> manifest.Manifest:
+def packed_folder(src: Path) -> manifest.Manifest:
     """The manifest of a packed folder, checked to list exactly the files the folder holds."""
     record = manifest.read(src)
     record.check_listing(src, [f.relative_to(src).as_posix() for f in walk(src)])
@@ -250,15 +246,15 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
     serial pass: see docs/FORMAT.md, "Integrity"). ``base`` is required for archives packed against
     one, and must be that same base (checked by sha256).
     """
-    src = _source(src)
+    src = existing(src)
     dst = destination(src, dst, packing=False)
-    with _workers(threads, base) as (pool, base_set):
+    with workers(threads, base) as (pool, base_set):
         if src.is_file():
-            with _open(src, pool, base_set) as reader, _bar(reader.index.original_size, progress, "unpack") as bar, \
-                    atomic_output(dst, overwrite) as tmp:
-                _unpack_file(reader, tmp, bar, sha256)
+            with open_archive(src, pool, base_set) as reader, \
+                    _bar(reader.index.original_size, progress, "unpack") as bar, atomic_output(dst, overwrite) as tmp:
+                restore_archive(reader, None, tmp, bar.update, sha256)
             return dst
-        restore_folder(_packed_folder(src), LocalFolder(src), dst, overwrite=overwrite, pool=pool, base=base_set,
+        restore_folder(packed_folder(src), LocalFolder(src), dst, overwrite=overwrite, pool=pool, base=base_set,
                        progress=progress, sha256=sha256)
     return dst
 
@@ -284,14 +280,14 @@ class LocalFolder:
         return self.root / name
 
     def archive(self, name: str, pool: ThreadPoolExecutor, base: BaseSet | None) -> ArchiveReader:
-        return _open(self.root / name, pool, base)
+        return open_archive(self.root / name, pool, base)
 
 
 def unpack_from(record: manifest.Manifest, source: FolderSource, dst: str | os.PathLike, *,
                 overwrite: bool = False, threads: int | None = None, progress: bool = False,
                 base: str | os.PathLike | None = None, sha256: bool = False) -> Path:
     """``unpack`` of a packed folder described by ``record`` whose files come from ``source``."""
-    with _workers(threads, base) as (pool, base_set):
+    with workers(threads, base) as (pool, base_set):
         return restore_folder(record, source, Path(dst), overwrite=overwrite, pool=pool, base=base_set,
                               progress=progress, sha256=sha256)
 
@@ -313,9 +309,7 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
         for name, entry in record.archives.items():
             (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
             with source.archive(name, pool, base) as reader:
-                with _about(reader.name):
-                    _check_archive(reader, entry)
-                _unpack_file(reader, tmp / entry.original, bar, sha256)
+                restore_archive(reader, entry, tmp / entry.original, bar.update, sha256)
             for done in (f for f in work if f.done()):
                 done.result()  # a file that failed stops the rest
         for future in work:
@@ -328,7 +322,7 @@ FETCHERS = 4  # small files (config, tokenizer, index.json) fetched side by side
 
 def _restore_file(source: FolderSource, name: str, entry: manifest.File, tmp: Path, bar: _Progress) -> None:
     path = source.file(name)
-    with _about(path):
+    with about(path):
         copy_checked(path, tmp / name, entry.sha256)
     bar.update(entry.size)
 
@@ -340,22 +334,34 @@ def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool
 
     Return ``{"archives": n, "files": m}``, what was checked.
     """
-    src = _source(src)
-    record = manifest.Manifest() if src.is_file() else _packed_folder(src)
+    src = existing(src)
+    record = manifest.Manifest() if src.is_file() else packed_folder(src)
     archives = [src] if src.is_file() else [src / name for name in record.archives]
-    with _workers(threads, base) as (pool, base_set), \
+    with workers(threads, base) as (pool, base_set), \
             _bar(sum(f.stat().st_size for f in archives) + sum(f.size for f in record.files.values()), progress,
                  "verify") as bar:
-        for name, entry in record.files.items():
-            with _about(src / name):
-                record.check_file(name, (src / name).stat().st_size, sha256_file(src / name), src / name)
-            bar.update(entry.size)
+        check_files(src, record, bar.update)
         for f in archives:
-            with _about(f), ArchiveReader(f, pool, base_set) as reader:
-                _check_archive(reader, record.archives.get(f.relative_to(src).as_posix()) if src.is_dir() else None)
-                reader.restore(None, sha256=True)
+            verify_archive(f, record.archives.get(f.relative_to(src).as_posix()) if src.is_dir() else None, pool,
+                           base_set)
             bar.update(f.stat().st_size)
     return {"archives": len(archives), "files": len(record.files)}
+
+
+def check_files(src: Path, record: manifest.Manifest, progress: Callable[[int], None]) -> None:
+    """Check every file of a packed folder that is not an archive against its size and sha256 in ``record``."""
+    for name, entry in record.files.items():
+        with about(src / name):
+            record.check_file(name, (src / name).stat().st_size, sha256_file(src / name), src / name)
+        progress(entry.size)
+
+
+def verify_archive(path: Path, expected: manifest.Archive | None, pool: ThreadPoolExecutor,
+                   base: BaseSet | None) -> None:
+    """Decode an archive fully, checking every checksum, its sha256, and that it is the one ``expected``."""
+    with about(path), ArchiveReader(path, pool, base) as reader:
+        _check_archive(reader, expected)
+        reader.restore(None, sha256=True)
 
 
 def _describe_reference(seg: Segment, index: Index) -> str:
@@ -374,10 +380,10 @@ def info(src: str | os.PathLike) -> dict:
     entropy of each plane of each tensor, what a static per-tensor coder of weightpack's planes
     cannot beat. ``bits`` are stored bits per symbol, tables and chunk states included.
     """
-    src = _source(src)
+    src = existing(src)
     if src.is_file():
         return _info_file(src)
-    record = _packed_folder(src)
+    record = packed_folder(src)
     archives = [_info_file(src / name) for name in record.archives]
     kept = sum(f.size for f in record.files.values())
     original = sum(a["original_bytes"] for a in archives) + kept
@@ -387,7 +393,7 @@ def info(src: str | os.PathLike) -> dict:
 
 
 def _info_file(src: Path) -> dict:
-    with _workers(1) as (pool, _), _open(src, pool) as reader:
+    with workers(1) as (pool, _), open_archive(src, pool) as reader:
         index = reader.index
         file_size = src.stat().st_size
         tensors = _describe_tensors(index)

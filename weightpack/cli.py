@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -11,12 +13,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import WeightpackError
 
-EXIT_CODES = ("exit status: 0 success; 1 error (one line on stderr naming the file, nothing left behind); "
-              "2 usage error; 130 interrupted (Ctrl-C or SIGTERM; nothing left behind)")
+if TYPE_CHECKING:
+    from . import cluster
+
+EXIT_CODES = ("exit status: 0 success; 1 error (one line on stderr naming the file, nothing left behind; with "
+              "several sources, any failed); 2 usage error; 130 interrupted (Ctrl-C or SIGTERM; nothing left behind)")
 
 
 def _size(n: float) -> str:
@@ -40,9 +46,45 @@ def _transfer(args: argparse.Namespace, run: Callable[[], Path], verb: str) -> d
     return summary
 
 
+def _many(args: argparse.Namespace) -> bool:
+    """Several sources, or a cluster: the ``weightpack.cluster`` form of the command."""
+    return len(args.src) > 1 or args.cluster is not None
+
+
+def _summary(args: argparse.Namespace, run: Callable[[], cluster.Summary], verb: str) -> dict:
+    """Run a several-source command; print each source's outcome (failures as one line each on stderr)
+    and the totals.
+
+    Ray prints its own notices on stdout (e.g. that a worker died and its task is retried): while
+    it runs, they go to stderr (nowhere with -q), so that stdout carries weightpack's report only.
+    """
+    with contextlib.redirect_stdout(io.StringIO() if args.quiet else sys.stderr):
+        summary = run()
+    report = summary.as_dict()
+    for o in summary.outcomes:
+        if o.error is not None:
+            print(f"weightpack: error: {o.error}", file=sys.stderr)
+        elif not args.quiet and not args.json:
+            into = f" -> {o.destination}" if o.destination else ""
+            sizes = f": {_size(o.source_bytes)} -> {_size(o.destination_bytes)}" if o.destination else ""
+            print(f"{verb} {o.source}{into}{sizes} in {o.seconds:.2f} s")
+    if not args.quiet and not args.json:
+        sizes = (f": {_size(report['source_bytes'])} -> {_size(report['destination_bytes'])} "
+                 f"({100 * report['ratio']:.2f}%)" if report["destination_bytes"] else "")
+        print(f"{report['done']} done, {report['failed']} failed{sizes} in {report['seconds']:.2f} s")
+    return report
+
+
 def _pack(args: argparse.Namespace) -> dict:
     from . import api
 
+    if _many(args):
+        from . import cluster
+
+        return _summary(args, lambda: cluster.pack_many(
+            args.src, args.output, address=args.cluster, overwrite=args.force, threads=args.threads,
+            verify=not args.no_verify, progress=args.progress, base=args.base), "packed")
+    args.src = args.src[0]
     return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
                                             verify=not args.no_verify, progress=args.progress, base=args.base),
                      "packed")
@@ -51,6 +93,13 @@ def _pack(args: argparse.Namespace) -> dict:
 def _unpack(args: argparse.Namespace) -> dict:
     from . import api
 
+    if _many(args):
+        from . import cluster
+
+        return _summary(args, lambda: cluster.unpack_many(
+            args.src, args.output, address=args.cluster, overwrite=args.force, threads=args.threads,
+            progress=args.progress, base=args.base, sha256=args.sha256), "unpacked")
+    args.src = args.src[0]
     return _transfer(args, lambda: api.unpack(args.src, args.output, overwrite=args.force, threads=args.threads,
                                               progress=args.progress, base=args.base, sha256=args.sha256),
                      "unpacked")
@@ -59,6 +108,12 @@ def _unpack(args: argparse.Namespace) -> dict:
 def _verify(args: argparse.Namespace) -> dict:
     from . import api
 
+    if _many(args):
+        from . import cluster
+
+        return _summary(args, lambda: cluster.verify_many(
+            args.src, address=args.cluster, threads=args.threads, progress=args.progress, base=args.base), "verified")
+    args.src = args.src[0]
     checked = api.verify(args.src, threads=args.threads, progress=args.progress, base=args.base)
     if not args.quiet and not args.json:
         files = f", {_count(checked['files'], 'other file')} match weightpack.json" if Path(args.src).is_dir() else ""
@@ -174,24 +229,33 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("pack", _pack, "pack a .safetensors file or a model folder")
-    p.add_argument("src", type=Path, help="X.safetensors or a model folder")
+    def sources(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("src", type=Path, nargs="+", help=f"{what}; with several, each one is done (a failure does "
+                                                         "not stop the others) and a summary printed")
+        p.add_argument("--cluster", metavar="ADDRESS", help="run on this Ray cluster (anything ray.init(address=) "
+                       "takes: HOST:PORT, ray://HOST:10001, auto), one task per safetensors file; sources and "
+                       "outputs on storage all nodes see; -j is then the threads of each task (default 1)")
+
+    p = command("pack", _pack, "pack .safetensors files or model folders")
+    sources(p, "X.safetensors or a model folder")
     p.add_argument("-o", "--output", help="destination (default: X.wpk, or FOLDER.wpk/ for a folder); an existing "
-                                          "folder, or a name ending in /, receives a file's output inside")
+                                          "folder, or a name ending in /, receives a file's output inside; with "
+                                          "several sources, a folder holding each one under its default name")
     p.add_argument("-f", "--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--no-verify", action="store_true", help="skip decoding the new archive before publishing it")
     p.add_argument("--base", type=Path, help=BASE_HELP + ": tensors matching it by name, dtype and shape are "
                                             "coded as deltas to it")
-    p = command("unpack", _unpack, "restore the original files from a .wpk or a packed folder")
-    p.add_argument("src", type=Path, help="X.wpk or a packed folder")
+    p = command("unpack", _unpack, "restore the original files from .wpk files or packed folders")
+    sources(p, "X.wpk or a packed folder")
     p.add_argument("-o", "--output", help="destination (default: X.safetensors, or FOLDER/ for FOLDER.wpk/); an "
-                                          "existing folder, or a name ending in /, receives a file's output inside")
+                                          "existing folder, or a name ending in /, receives a file's output inside; "
+                                          "with several sources, a folder holding each one under its default name")
     p.add_argument("-f", "--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--base", type=Path, help=BASE_HELP)
     p.add_argument("--sha256", action="store_true", help="also check each restored file's sha256 (a serial pass; "
                                                         "every byte is checked by its stripe's XXH64 anyway)")
-    p = command("verify", _verify, "decode an archive fully and check every checksum; write nothing")
-    p.add_argument("src", type=Path, help="X.wpk or a packed folder")
+    p = command("verify", _verify, "decode archives fully and check every checksum; write nothing")
+    sources(p, "X.wpk or a packed folder")
     p.add_argument("--base", type=Path, help=BASE_HELP)
     p = command("info", _info, "show per tensor and plane: codec, bits achieved, order-0 bound")
     p.add_argument("src", type=Path, help="X.wpk or a packed folder")
@@ -285,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.json:
         print(json.dumps(result, indent=2))
-    return 0
+    return 1 if result.get("failed") else 0  # several sources: any that failed makes the run fail
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class WeightpackError(Exception):
     """Base class: the CLI prints these as one line and exits with status 1."""
@@ -17,3 +21,16 @@ class IntegrityError(FormatError):
 
 class OutputExistsError(WeightpackError):
     """The destination exists and overwriting was not asked for."""
+
+
+@contextmanager
+def about(path: str | os.PathLike) -> Iterator[None]:
+    """Make every failure inside name ``path``: one line a user can act on."""
+    try:
+        yield
+    except WeightpackError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    except OSError as exc:
+        name = exc.filename or path
+        raise WeightpackError(f"{name}: {exc.strerror or exc}") from None

@@ -58,6 +58,13 @@ def destination(src: Path, dst: str | os.PathLike | None, packing: bool) -> Path
     return final
 
 
+def destination_in(src: Path, folder: Path, packing: bool) -> Path:
+    """Where ``src``'s output goes when one command handles several sources into ``folder``: its default name."""
+    final = folder / default_destination(src, packing).name
+    _refuse_overlap(src, final)
+    return final
+
+
 def _refuse_overlap(src: Path, final: Path) -> None:
     source, target = src.resolve(), final.resolve()
     if target == source:

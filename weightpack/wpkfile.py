@@ -146,6 +146,16 @@ def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _Tensor
     return _TensorInput(tensor, key, read, planes=arrays, hashes=hashes)
 
 
+def dedup_keys(src: Path) -> list[tuple[TensorEntry, int]]:
+    """Every tensor of a safetensors file with the dedup key packing computes for it (CRC-32 of its
+    first ``READ_ELEMENTS`` elements, as ``_read_tensor``): what a shard packed apart on a cluster
+    must know of the shards before it to store the same copies a one-machine pack stores."""
+    with open(src, "rb") as f:
+        return [(t, zlib.crc32(read_exact(f.fileno(), t.start, min(t.end - t.start,
+                                                                    READ_ELEMENTS * planes.itemsize(t.dtype)))))
+                for t in read_layout(src).tensors]
+
+
 def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: Dedup | None, archive: str,
                     sources: _Sources) -> tuple[Segment, Callable[[Executor | None], Coded]]:
     """The segment of one tensor (a copy of one seen before, a delta to the base, or coded whole),
