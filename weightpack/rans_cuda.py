@@ -1,0 +1,230 @@
+"""The GPU decoding kernels (numba.cuda), beside the CPU ones: rANS chunks, raw and constant planes,
+plane merging, and the stripes' XXH64 checks. The host side (what to launch, on which bytes) is
+``gpu.py``; the format is the CPU decoder's (``rans.py``), bit for bit.
+
+- ``decode_rans``: a chunk is decoded by ``LANES`` threads, thread ``t`` being the chunk's coder
+  lane ``t`` (a narrow chunk of 4 lanes leaves 12 idle); ``CHUNKS_PER_BLOCK`` chunks share a block.
+  At each step every lane decodes one symbol; the lanes that must renormalise take the next words
+  of the stream in lane order, so each finds its word at ``p + (how many lanes below it need one)``,
+  counted from flags in shared memory between two barriers (the same count a warp ballot gives).
+- ``unpack_raw``: one thread per symbol of a bit-packed (or constant) chunk.
+- ``merge_planes``: one thread per element, rebuilding each word from its planes (``planes.py``).
+- ``check_stripes``: one thread per stripe, XXH64 of the decoded bytes against the recorded value
+  (the algorithm of ``checksum.py``, written again for the device: a CPU njit function cannot be
+  called from a kernel).
+
+Memory safety on any bytes: every kernel checks each index it derives from a chunk's description
+against the size of the array it reads or writes, and reports a chunk it cannot decode in
+``status`` instead of touching memory outside it; rANS states stay in ``[L, 2**31)`` as on the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from .checksum import P1, P2, P3, P4, P5
+from .rans import MAX_PRECISION, NARROW_LANES, STATE_BITS, STATE_LOW, WIDE_LANES, WIDE_MIN
+
+LANES = WIDE_LANES  # threads per rANS chunk
+CHUNKS_PER_BLOCK = 4
+RANS_THREADS = LANES * CHUNKS_PER_BLOCK
+THREADS = 256  # threads per block of the element-wise kernels
+
+
+@cuda.jit
+def decode_rans(payload, src, size, count, dst, table, precision, entries, out, status):
+    """Decode rANS chunk ``c`` (``count[c]`` symbols, ``size[c]`` stored bytes at ``payload[src[c]:]``,
+    table of ``1 << precision[c]`` entries at ``entries[table[c]:]``) into ``out[dst[c]:]``;
+    ``status[c]`` becomes 1 if the stream was consistent, else 0."""
+    need = cuda.shared.array(RANS_THREADS, np.int32)
+    bad = cuda.shared.array(CHUNKS_PER_BLOCK, np.int32)
+    steps = cuda.shared.array(1, np.int64)
+    tid = cuda.threadIdx.x
+    group, lane = tid // LANES, tid % LANES
+    c = cuda.blockIdx.x * CHUNKS_PER_BLOCK + group
+    n = count[c] if c < count.size else 0
+    n_lanes = WIDE_LANES if n >= WIDE_MIN else NARROW_LANES
+    nbytes = size[c] if c < count.size else 0
+    prec = precision[c] if c < count.size else 1
+    start = src[c] if c < count.size else 0
+    ok = (c < count.size and nbytes >= 4 * n_lanes and nbytes % 2 == 0 and start >= 0
+          and start + nbytes <= payload.size and 1 <= prec <= MAX_PRECISION and table[c] >= 0
+          and table[c] + (1 << prec) <= entries.size and dst[c] >= 0 and dst[c] + n <= out.size)
+    if lane == 0:
+        bad[group] = 0 if ok else 1
+    if tid == 0:
+        most = 0
+        for g in range(CHUNKS_PER_BLOCK):
+            k = cuda.blockIdx.x * CHUNKS_PER_BLOCK + g
+            if k < count.size:
+                m = WIDE_LANES if count[k] >= WIDE_MIN else NARROW_LANES
+                most = max(most, (count[k] + m - 1) // m)
+        steps[0] = most
+    cuda.syncthreads()  # bad[] set before any lane reports a bad state into it
+    x = 0
+    mine = ok and lane < n_lanes
+    if mine:
+        for k in range(4):
+            x |= np.int64(payload[start + 4 * lane + k]) << (8 * k)
+        if x < STATE_LOW or x >= (1 << STATE_BITS):
+            bad[group] = 1
+    cuda.syncthreads()
+    mine = mine and bad[group] == 0
+    mask = (1 << prec) - 1
+    last = nbytes // 2 - 1
+    p = 2 * n_lanes
+    for step in range(steps[0]):
+        i = step * n_lanes + lane
+        active = mine and i < n
+        flag = 0
+        symbol = 0
+        if active:
+            e = entries[table[c] + (x & mask)]
+            symbol = e & 0xFFFF
+            x = (e >> 32) * (x >> prec) + ((e >> 16) & 0xFFFF)
+            if x < STATE_LOW:
+                flag = 1
+        need[tid] = flag
+        cuda.syncthreads()
+        before = 0
+        total = 0
+        for j in range(LANES):
+            f = need[group * LANES + j]
+            total += f
+            if j < lane:
+                before += f
+        if active:
+            if flag:
+                q = min(p + before, last)
+                x = (x << 16) | (np.int64(payload[start + 2 * q]) | (np.int64(payload[start + 2 * q + 1]) << 8))
+            out[dst[c] + i] = symbol
+        p += total
+        cuda.syncthreads()
+    if mine and x != STATE_LOW:
+        bad[group] = 1
+    cuda.syncthreads()
+    if lane == 0 and c < count.size:
+        status[c] = 1 if bad[group] == 0 and 2 * p == nbytes else 0
+
+
+@cuda.jit
+def unpack_raw(payload, src, size, count, dst, bits, value, out, status):
+    """Chunk ``c`` (grid row ``c``): ``count[c]`` symbols of ``bits[c]`` bits packed LSB first at
+    ``payload[src[c]:]``, or all equal to ``value[c]`` if ``bits[c]`` is 0, into ``out[dst[c]:]``."""
+    c = cuda.blockIdx.y
+    n, b, start, first = count[c], bits[c], src[c], dst[c]
+    stored = (n * b + 7) // 8
+    ok = (0 <= b <= 16 and first >= 0 and first + n <= out.size
+          and (b == 0 or (size[c] == stored and start >= 0 and start + stored <= payload.size)))
+    if cuda.blockIdx.x == 0 and cuda.threadIdx.x == 0:
+        status[c] = 1 if ok else 0
+    if not ok:
+        return
+    mask = (1 << b) - 1
+    for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, n, cuda.gridDim.x * cuda.blockDim.x):
+        if b == 0:
+            out[first + i] = value[c]
+            continue
+        bit = i * b
+        a = bit >> 3
+        v = np.int64(0)
+        for k in range(3):  # a symbol of up to 16 bits spans at most 3 bytes
+            if a + k < stored:
+                v |= np.int64(payload[start + a + k]) << (8 * k)
+        out[first + i] = (v >> (bit & 7)) & mask
+
+
+@cuda.jit
+def merge_planes(symbols, plane_start, seg_dst, seg_count, seg_planes, itemsize, exponent, rest, out):
+    """Segment ``s`` (grid row ``s``): rebuild ``seg_count[s]`` words of ``itemsize[s]`` bytes at
+    ``out[seg_dst[s]:]`` from its planes, plane ``j`` starting at ``symbols[plane_start[seg_planes[s] + j]]``.
+
+    ``exponent[s]`` 0: the planes are the word's bytes, most significant first. Else a float: plane 0
+    is the exponent with the top mantissa bits (stored from bit ``rest``), plane 1 the sign above the
+    next ``rest % 8`` mantissa bits, then the low mantissa bytes, most significant first.
+    """
+    s = cuda.blockIdx.y
+    n, width, first, planes = seg_count[s], itemsize[s], seg_dst[s], seg_planes[s]
+    if first < 0 or first + n * width > out.size:
+        return
+    low_bits = rest[s] % 8
+    n_low = rest[s] // 8
+    for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, n, cuda.gridDim.x * cuda.blockDim.x):
+        word = np.uint64(0)
+        if exponent[s] == 0:
+            for j in range(width):
+                word |= np.uint64(symbols[plane_start[planes + j] + i]) << np.uint64(8 * (width - 1 - j))
+        else:
+            sm = np.uint64(symbols[plane_start[planes + 1] + i])
+            word = ((sm >> np.uint64(low_bits)) << np.uint64(8 * width - 1)) \
+                | (np.uint64(symbols[plane_start[planes] + i]) << np.uint64(rest[s])) \
+                | ((sm & np.uint64((1 << low_bits) - 1)) << np.uint64(8 * n_low))
+            for j in range(n_low):
+                word |= np.uint64(symbols[plane_start[planes + 2 + j] + i]) << np.uint64(8 * (n_low - 1 - j))
+        for k in range(width):
+            out[first + i * width + k] = (word >> np.uint64(8 * k)) & np.uint64(0xFF)
+
+
+@cuda.jit(device=True, inline=True)
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@cuda.jit(device=True, inline=True)
+def _round(acc, lane):
+    return _rotl(acc + lane * P2, 31) * P1
+
+
+@cuda.jit(device=True, inline=True)
+def _le(data, p, n):
+    v = np.uint64(0)
+    for k in range(n):
+        v |= np.uint64(data[p + k]) << np.uint64(8 * k)
+    return v
+
+
+@cuda.jit(device=True)
+def _xxh64(data, start, n, seed):
+    """XXH64 of ``data[start:start + n]`` (see checksum.py)."""
+    p = start
+    end = start + n
+    if n >= 32:
+        v1, v2, v3, v4 = seed + P1 + P2, seed + P2, seed, seed - P1
+        while p + 32 <= end:
+            v1 = _round(v1, _le(data, p, 8))
+            v2 = _round(v2, _le(data, p + 8, 8))
+            v3 = _round(v3, _le(data, p + 16, 8))
+            v4 = _round(v4, _le(data, p + 24, 8))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        for v in (v1, v2, v3, v4):
+            h = (h ^ _round(np.uint64(0), v)) * P1 + P4
+    else:
+        h = seed + P5
+    h += np.uint64(n)
+    while p + 8 <= end:
+        h = _rotl(h ^ _round(np.uint64(0), _le(data, p, 8)), 27) * P1 + P4
+        p += 8
+    if p + 4 <= end:
+        h = _rotl(h ^ (_le(data, p, 4) * P1), 23) * P2 + P3
+        p += 4
+    while p < end:
+        h = _rotl(h ^ (np.uint64(data[p]) * P5), 11) * P1
+        p += 1
+    h ^= h >> np.uint64(33)
+    h *= P2
+    h ^= h >> np.uint64(29)
+    h *= P3
+    return h ^ (h >> np.uint64(32))
+
+
+@cuda.jit
+def check_stripes(out, start, length, seed, expected, status):
+    """Stripe ``k``: ``status[k]`` is 1 if the XXH64 of ``out[start[k]:][:length[k]]`` (seeded with
+    ``seed[k]``, its offset in the original file) is ``expected[k]``."""
+    k = cuda.grid(1)
+    if k >= start.size:
+        return
+    ok = start[k] >= 0 and length[k] >= 0 and start[k] + length[k] <= out.size
+    status[k] = 1 if ok and _xxh64(out, start[k], length[k], seed[k]) == expected[k] else 0
