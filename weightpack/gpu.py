@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import rans
 from .container import (
     CHUNK_OWN,
     CHUNK_RAW,
@@ -274,13 +275,19 @@ def _launch(cuda, plan: _Plan, pinned, stream) -> _InFlight:
     checks: list[Check] = []
     keep: list[object] = [payload, symbols]
     if plan.rans:
-        columns = _columns(cuda, plan.rans, stream)
         entries = cuda.to_device(np.concatenate(plan.entries), stream=stream)
-        status = cuda.device_array(len(plan.rans), np.int8, stream=stream)
-        blocks = -(-len(plan.rans) // rans_cuda.CHUNKS_PER_BLOCK)
-        rans_cuda.decode_rans[blocks, rans_cuda.RANS_THREADS, stream](payload, *columns, entries, symbols, status)
-        checks.append((status, plan.where[:len(plan.rans)], IntegrityError))
-        keep += [*columns, entries]
+        keep.append(entries)
+        for width in (rans.NARROW_LANES, rans.WIDE_LANES):  # each chunk decoded by one thread per lane
+            picked = [k for k, r in enumerate(plan.rans) if rans.lanes(r[2]) == width]
+            if not picked:
+                continue
+            columns = _columns(cuda, [plan.rans[k] for k in picked], stream)
+            status = cuda.device_array(len(picked), np.int8, stream=stream)
+            per_block = min(rans_cuda.BLOCK_THREADS // width, len(picked))
+            rans_cuda.decode_rans[-(-len(picked) // per_block), per_block * width, stream](
+                payload, *columns, entries, symbols, status, width)
+            checks.append((status, [plan.where[k] for k in picked], IntegrityError))
+            keep += columns
     if plan.raw:
         columns = _columns(cuda, plan.raw, stream)
         status = cuda.device_array(len(plan.raw), np.int8, stream=stream)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import manifest
 from .container import KIND_BYTES, Segment
-from .errors import FormatError, WeightpackError
+from .errors import FormatError, WeightpackError, about
 from .safetensors_layout import parse_header
 from .sources import BaseSet
 from .wpkfile import ArchiveReader
@@ -82,6 +82,8 @@ class TensorSlice:
         row = int(np.prod(seg.shape[1:], dtype=np.int64))
         data = self._file._reader.segment_bytes(seg, lo * row, hi * row)
         block = _as_framework(data, seg.dtype, (hi - lo, *seg.shape[1:]), self._file.framework)
+        if self._file.device != "cpu":
+            block = block.to(self._file.device)
         if isinstance(lead, int):
             return block[0][rest] if rest else block[0]
         if picked.step != 1:
@@ -89,15 +91,45 @@ class TensorSlice:
         return block[(slice(None), *rest)] if rest else block
 
 
+def _on_gpu(device: str, framework: str) -> bool:
+    """Whether tensors are decoded on the GPU: ``device`` "cuda" (or "cuda:N"), with torch tensors."""
+    if device == "cpu":
+        return False
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise WeightpackError(f"unsupported device {device!r} (use 'cpu' or 'cuda')")
+    if framework not in ("pt", "torch"):
+        raise WeightpackError("device='cuda' gives torch tensors: use framework='pt'")
+    try:
+        import torch
+    except ImportError:
+        raise WeightpackError("device='cuda' needs torch (pip install torch)") from None
+    if not torch.cuda.is_available():
+        raise WeightpackError("device='cuda': no usable CUDA GPU (torch.cuda.is_available() is False)")
+    return True
+
+
+def _cuda_tensor(data: object, dtype: str, shape: tuple[int, ...], device: str):
+    """A torch CUDA tensor over a numba device array's memory (no copy: ``__cuda_array_interface__``)."""
+    import torch
+
+    kind = getattr(torch, TORCH_DTYPES[dtype])
+    if not data.size:
+        return torch.empty(shape, dtype=kind, device=device)
+    return torch.as_tensor(data, device=device).view(kind).reshape(shape)
+
+
 class safe_open:
-    """Open a .wpk for reading tensors by name, like ``safetensors.safe_open(path, framework)``."""
+    """Open a .wpk for reading tensors by name, like ``safetensors.safe_open(path, framework, device)``.
+
+    ``device="cuda"``: tensors are decoded on the GPU (``weightpack.gpu``) and returned as torch CUDA
+    tensors; ``get_slice`` then decodes its rows on the CPU and moves them.
+    """
 
     def __init__(self, path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, device: str = "cpu",
                  threads: int | None = None, base: str | os.PathLike | None = None) -> None:
         if framework not in ("np", "numpy", "pt", "torch"):
             raise WeightpackError(f"unsupported framework {framework!r} (use 'np' or 'pt')")
-        if device != "cpu":
-            raise WeightpackError("weightpack decodes on the CPU; move tensors with .to(device) afterwards")
+        self.device = device if _on_gpu(device, framework) else "cpu"
         self.path = Path(path)
         self.framework = "pt" if framework in ("pt", "torch") else "np"
         self._pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
@@ -145,8 +177,19 @@ class safe_open:
             raise WeightpackError(f"{self.path}: no tensor named {name!r}") from None
 
     def get_tensor(self, name: str):
-        seg = self._segment(name)
-        return _as_framework(self._reader.segment_bytes(seg), seg.dtype, seg.shape, self.framework)
+        return self.get_tensors([name])[name]
+
+    def get_tensors(self, names: list[str]) -> dict:
+        """Several tensors at once: on the GPU, decoded together in a few kernel launches."""
+        segments = {name: self._segment(name) for name in names}
+        if self.device != "cpu":
+            from . import gpu
+
+            with about(self.path):
+                decoded = gpu.decode(self._reader, names)
+            return {n: _cuda_tensor(decoded[n], s.dtype, s.shape, self.device) for n, s in segments.items()}
+        return {n: _as_framework(self._reader.segment_bytes(s), s.dtype, s.shape, self.framework)
+                for n, s in segments.items()}
 
     def get_slice(self, name: str) -> TensorSlice:
         return TensorSlice(self, self._segment(name))
@@ -156,14 +199,17 @@ class safe_open:
 
 
 def load_file(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threads: int | None = None,
-              base: str | os.PathLike | None = None) -> dict:
-    """Every tensor of a .wpk as ``{name: tensor}``, like ``safetensors.{numpy,torch}.load_file``."""
-    with safe_open(path, framework, threads=threads, base=base) as f:
-        return {name: f.get_tensor(name) for name in f}
+              base: str | os.PathLike | None = None, device: str = "cpu") -> dict:
+    """Every tensor of a .wpk as ``{name: tensor}``, like ``safetensors.{numpy,torch}.load_file``.
+
+    ``device="cuda"`` decodes on the GPU into torch CUDA tensors (see ``weightpack.gpu``).
+    """
+    with safe_open(path, framework, device=device, threads=threads, base=base) as f:
+        return f.get_tensors(f.keys())
 
 
 def load_folder(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threads: int | None = None,
-                base: str | os.PathLike | None = None) -> dict:
+                base: str | os.PathLike | None = None, device: str = "cpu") -> dict:
     """One state dict from every archive of a packed model folder (all shards), without writing files.
 
     A missing folder, or one that is not packed (no ``weightpack.json``), is an error rather than an
@@ -172,5 +218,5 @@ def load_folder(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, thr
     folder = Path(path)
     state: dict = {}
     for name in manifest.read(folder).archives:
-        state.update(load_file(folder / name, framework, threads, base))
+        state.update(load_file(folder / name, framework, threads, base, device))
     return state

@@ -2,8 +2,8 @@
 plane merging, and the stripes' XXH64 checks. The host side (what to launch, on which bytes) is
 ``gpu.py``; the format is the CPU decoder's (``rans.py``), bit for bit.
 
-- ``decode_rans``: a chunk is decoded by ``LANES`` threads, thread ``t`` being the chunk's coder
-  lane ``t`` (a narrow chunk of 4 lanes leaves 12 idle); ``CHUNKS_PER_BLOCK`` chunks share a block.
+- ``decode_rans``: a chunk is decoded by as many threads as it has coder lanes (16, or 4 for a
+  narrow chunk: they are launched apart), thread ``t`` being lane ``t``; several chunks share a block.
   At each step every lane decodes one symbol; the lanes that must renormalise take the next words
   of the stream in lane order, so each finds its word at ``p + (how many lanes below it need one)``,
   counted from flags in shared memory between two barriers (the same count a warp ballot gives).
@@ -24,58 +24,58 @@ import numpy as np
 from numba import cuda
 
 from .checksum import P1, P2, P3, P4, P5
-from .rans import MAX_PRECISION, NARROW_LANES, STATE_BITS, STATE_LOW, WIDE_LANES, WIDE_MIN
+from .rans import MAX_PRECISION, STATE_BITS, STATE_LOW, WIDE_LANES, WIDE_MIN
 
-LANES = WIDE_LANES  # threads per rANS chunk
-CHUNKS_PER_BLOCK = 4
-RANS_THREADS = LANES * CHUNKS_PER_BLOCK
+BLOCK_THREADS = 64  # threads per block of decode_rans at most: 4 wide or 16 narrow chunks
 THREADS = 256  # threads per block of the element-wise kernels
 
 
 @cuda.jit
-def decode_rans(payload, src, size, count, dst, table, precision, entries, out, status):
+def decode_rans(payload, src, size, count, dst, table, precision, entries, out, status, width):
     """Decode rANS chunk ``c`` (``count[c]`` symbols, ``size[c]`` stored bytes at ``payload[src[c]:]``,
     table of ``1 << precision[c]`` entries at ``entries[table[c]:]``) into ``out[dst[c]:]``;
-    ``status[c]`` becomes 1 if the stream was consistent, else 0."""
-    need = cuda.shared.array(RANS_THREADS, np.int32)
-    bad = cuda.shared.array(CHUNKS_PER_BLOCK, np.int32)
+    ``status[c]`` becomes 1 if the stream was consistent, else 0.
+
+    ``width`` threads decode each chunk, so every chunk of a launch must have ``width`` lanes (the
+    host launches narrow and wide chunks apart); a block holds ``blockDim.x // width`` chunks.
+    """
+    need = cuda.shared.array(BLOCK_THREADS, np.int32)
+    bad = cuda.shared.array(BLOCK_THREADS, np.int32)
     steps = cuda.shared.array(1, np.int64)
     tid = cuda.threadIdx.x
-    group, lane = tid // LANES, tid % LANES
-    c = cuda.blockIdx.x * CHUNKS_PER_BLOCK + group
+    per_block = cuda.blockDim.x // width
+    group, lane = tid // width, tid % width
+    c = cuda.blockIdx.x * per_block + group
     n = count[c] if c < count.size else 0
-    n_lanes = WIDE_LANES if n >= WIDE_MIN else NARROW_LANES
     nbytes = size[c] if c < count.size else 0
     prec = precision[c] if c < count.size else 1
     start = src[c] if c < count.size else 0
-    ok = (c < count.size and nbytes >= 4 * n_lanes and nbytes % 2 == 0 and start >= 0
-          and start + nbytes <= payload.size and 1 <= prec <= MAX_PRECISION and table[c] >= 0
-          and table[c] + (1 << prec) <= entries.size and dst[c] >= 0 and dst[c] + n <= out.size)
+    ok = (c < count.size and (width == WIDE_LANES) == (n >= WIDE_MIN) and nbytes >= 4 * width
+          and nbytes % 2 == 0 and start >= 0 and start + nbytes <= payload.size and 1 <= prec <= MAX_PRECISION
+          and table[c] >= 0 and table[c] + (1 << prec) <= entries.size and dst[c] >= 0 and dst[c] + n <= out.size)
     if lane == 0:
         bad[group] = 0 if ok else 1
     if tid == 0:
         most = 0
-        for g in range(CHUNKS_PER_BLOCK):
-            k = cuda.blockIdx.x * CHUNKS_PER_BLOCK + g
+        for g in range(per_block):
+            k = cuda.blockIdx.x * per_block + g
             if k < count.size:
-                m = WIDE_LANES if count[k] >= WIDE_MIN else NARROW_LANES
-                most = max(most, (count[k] + m - 1) // m)
+                most = max(most, (count[k] + width - 1) // width)
         steps[0] = most
     cuda.syncthreads()  # bad[] set before any lane reports a bad state into it
     x = 0
-    mine = ok and lane < n_lanes
-    if mine:
+    if ok:
         for k in range(4):
             x |= np.int64(payload[start + 4 * lane + k]) << (8 * k)
         if x < STATE_LOW or x >= (1 << STATE_BITS):
             bad[group] = 1
     cuda.syncthreads()
-    mine = mine and bad[group] == 0
+    mine = ok and bad[group] == 0
     mask = (1 << prec) - 1
     last = nbytes // 2 - 1
-    p = 2 * n_lanes
+    p = 2 * width
     for step in range(steps[0]):
-        i = step * n_lanes + lane
+        i = step * width + lane
         active = mine and i < n
         flag = 0
         symbol = 0
@@ -89,8 +89,8 @@ def decode_rans(payload, src, size, count, dst, table, precision, entries, out, 
         cuda.syncthreads()
         before = 0
         total = 0
-        for j in range(LANES):
-            f = need[group * LANES + j]
+        for j in range(width):
+            f = need[group * width + j]
             total += f
             if j < lane:
                 before += f
