@@ -176,3 +176,13 @@ def test_load_file_on_the_gpu_gives_the_cpu_tensors(tmp_path: Path) -> None:
     for name, tensor in tensors.items():
         assert on_gpu[name].device.type == "cuda" and on_gpu[name].dtype == tensor.dtype
         assert torch.equal(on_gpu[name].cpu(), tensor)
+
+
+def test_from_pretrained_onto_one_gpu_decodes_there_or_says_why_not(minilm_dirs: dict[str, Path]) -> None:
+    transformers = pytest.importorskip("transformers")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    packed = weightpack.pack(minilm_dirs["F16"], minilm_dirs["F16"].with_name("gpu-test.wpk"), overwrite=True)
+    for device_map in ("cuda", "cuda:0", {"": "cuda"}, 0):
+        with pytest.raises(WeightpackError, match="no usable CUDA GPU"):
+            weightpack.from_pretrained(transformers.AutoModel, packed, device_map=device_map)

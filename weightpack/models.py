@@ -28,7 +28,8 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
     in memory; any other folder or repo id goes to ``model_class.from_pretrained`` as is.
 
     ``kwargs`` go to transformers (``torch_dtype``, ``device_map``, ...); ``threads`` and ``base`` to
-    the decoder (``base``: the base checkpoint a delta folder was packed against).
+    the decoder (``base``: the base checkpoint a delta folder was packed against). A ``device_map``
+    naming one GPU has the weights decoded on that GPU (``weightpack.gpu``), straight into its memory.
     """
     folder = _packed_folder(repo_id_or_path, revision=revision, token=token, cache_dir=cache_dir,
                             endpoint=endpoint)
@@ -45,8 +46,20 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
         except KeyError:
             raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
                                   f"{type(config).__name__}") from None
-    state = load_folder(folder, framework="pt", threads=threads, base=base)
+    device = _one_gpu(kwargs.get("device_map"))
+    state = load_folder(folder, framework="pt", threads=threads, base=base, device=device)
     return model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
+
+
+def _one_gpu(device_map: Any) -> str:
+    """Where to decode: on the GPU when the whole model goes to one ("cuda", "cuda:1", {"": "cuda:0"}),
+    else on the CPU (transformers then places the tensors itself)."""
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    if isinstance(device_map, int):
+        device_map = f"cuda:{device_map}"
+    text = str(device_map) if device_map is not None else ""
+    return text if text == "cuda" or text.startswith("cuda:") else "cpu"
 
 
 def _packed_folder(repo_id_or_path: str | os.PathLike, **hub: Any) -> Path | None:

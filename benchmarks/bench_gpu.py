@@ -1,0 +1,117 @@
+"""GPU decode: kernel throughput, a checkpoint into GPU memory against safetensors, and CPU decode by threads.
+
+    python benchmarks/bench_gpu.py [--gib 2] [--threads 1,2,4,8,16] [--json out.json]
+
+Needs a CUDA GPU, torch with CUDA and numba-cuda (``pip install -e ".[gpu]"``); it refuses to run in
+numba's simulator. Three measurements on one host, one run:
+
+- *kernels*: ``gpu.decode`` of every tensor of the packed checkpoint, the archive already in the page
+  cache, after a warm-up run (kernels compiled), synchronised: GB/s of decoded output, per dtype
+  (a synthetic BF16 checkpoint of ``--gib`` GiB for size; F32 and F16 of the real MiniLM, whose
+  tensors are small, so their figures are launch-bound);
+- *end to end*: ``weightpack.load_file(wpk, device="cuda")`` against
+  ``safetensors.torch.load_file(original, device="cuda")``, both from the page cache (each file read
+  once first), and both from cold storage when ``/proc/sys/vm/drop_caches`` is writable (else
+  "n/a"): seconds until every tensor is on the GPU;
+- *CPU*: the same archive decoded by ``weightpack.verify`` at each thread count (every stripe
+  checked, nothing written), GB/s of output.
+
+Ratios are quoted on real weights (RESULTS.md); the synthetic checkpoint is for size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from safetensors.torch import load_file as st_load_file  # noqa: E402
+
+import weightpack  # noqa: E402
+from weightpack import gpu, minilm  # noqa: E402
+from weightpack.wpkfile import ArchiveReader  # noqa: E402
+
+
+def _drop_caches() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _timed(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _kernels(wpk: Path) -> tuple[float, int]:
+    with ArchiveReader(wpk, ThreadPoolExecutor(1)) as reader:
+        names = sorted(reader.tensors)
+        size = sum(s.length for s in reader.tensors.values())
+        gpu.decode(reader, names)  # compiles the kernels
+        return _timed(lambda: gpu.decode(reader, names)), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=2.0)
+    parser.add_argument("--threads", default="1,2,4,8,16")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not torch.cuda.is_available():
+        sys.exit("bench_gpu.py needs a real CUDA GPU (and NUMBA_ENABLE_CUDASIM unset)")
+    root = Path(tempfile.mkdtemp(prefix="wpk-gpu-"))
+    files = {"BF16 synthetic": root / "big.safetensors"}
+    subprocess.run([sys.executable, str(REPO / "tools/make_large_checkpoint.py"), str(files["BF16 synthetic"]),
+                    "--gib", str(args.gib)], check=True)
+    for dtype in ("BF16", "F32", "F16"):
+        files[f"{dtype} MiniLM"] = minilm.write_variant(root / dtype, dtype) / minilm.CHECKPOINT
+    rows = []
+    for label, original in files.items():
+        wpk = weightpack.pack(original, root / f"{label.replace(' ', '-')}.wpk")
+        seconds, size = _kernels(wpk)
+        row = {"file": label, "bytes": size, "ratio": wpk.stat().st_size / original.stat().st_size,
+               "kernel_GBs": size / seconds / 1e9}
+        ours = _timed(lambda wpk=wpk: weightpack.load_file(wpk, device="cuda"))
+        theirs = _timed(lambda original=original: st_load_file(original, device="cuda"))
+        row.update(warm_wpk_s=ours, warm_safetensors_s=theirs)
+        if _drop_caches():
+            row["cold_wpk_s"] = _timed(lambda wpk=wpk: (_drop_caches(), weightpack.load_file(wpk, device="cuda")), 1)
+            row["cold_safetensors_s"] = _timed(lambda o=original: (_drop_caches(), st_load_file(o, device="cuda")), 1)
+        for threads in map(int, args.threads.split(",")):
+            start = time.perf_counter()
+            weightpack.verify(wpk, threads=threads)
+            row[f"cpu_{threads}_GBs"] = size / (time.perf_counter() - start) / 1e9
+        rows.append(row)
+    print(f"GPU: {torch.cuda.get_device_name()}; CPU cores: {os.cpu_count()}")
+    for row in rows:
+        cold = (f"cold {row['cold_wpk_s']:.3f} s vs {row['cold_safetensors_s']:.3f} s" if "cold_wpk_s" in row
+                else "cold n/a (cannot drop caches)")
+        cpu = " ".join(f"{k[4:-4]}t {v:.2f}" for k, v in row.items() if k.startswith("cpu_"))
+        print(f"{row['file']:<16} {row['bytes'] / 1e9:6.2f} GB ratio {100 * row['ratio']:.2f}%  kernels "
+              f"{row['kernel_GBs']:.1f} GB/s  load to GPU: wpk {row['warm_wpk_s']:.3f} s vs safetensors "
+              f"{row['warm_safetensors_s']:.3f} s (warm), {cold}  CPU decode GB/s by threads: {cpu}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
