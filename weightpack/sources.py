@@ -109,8 +109,8 @@ COMPARE_BYTES = 1 << 26  # compare candidate duplicates 64 MiB at a time
 class Dedup:
     """Tensors stored so far in a pack run, found again by content: (size, key), then byte comparison.
 
-    The key is a hash of the tensor's first block (see wpkfile): cheap to compute, and a tensor
-    only becomes a copy of another once all their bytes compare equal."""
+    The key is a hash of the tensor's first block (``wpkfile.dedup_key``): cheap to compute, and a
+    tensor only becomes a copy of another once all their bytes compare equal."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[int, int], list[Stored]] = {}
