@@ -71,24 +71,53 @@ def layout(dtype: str) -> list[Plane]:
 
 @njit(cache=True, nogil=True)
 def _split_float(words: np.ndarray, rest: int, head_bits: int, low_bits: int, head: np.ndarray,
-                 sign_mantissa: np.ndarray) -> None:
+                 sign_mantissa: np.ndarray, lows: tuple, n_low: int) -> None:
+    """Every plane of a float tensor: ``lows[:n_low]`` are the low mantissa bytes, most significant
+    first (``lows`` holds one unused array when there are none). F16 and F32 (one and two low
+    bytes) take one pass over the words; F64 one more per low byte."""
     top = np.uint64(8 * words.itemsize - 1)
     rest_, low_bits_ = np.uint64(rest), np.uint64(low_bits)
     head_mask, low_mask = np.uint64((1 << head_bits) - 1), np.uint64((1 << low_bits) - 1)
+    hi, lo = lows[0], lows[n_low - 1] if n_low else lows[0]
     for i in range(words.size):
         w = np.uint64(words[i])
         head[i] = (w >> rest_) & head_mask
         sign_mantissa[i] = ((w >> top) << low_bits_) | ((w >> (rest_ - low_bits_)) & low_mask)
+        if n_low == 1 or n_low == 2:  # loop-invariant: compiled as separate loops
+            lo[i] = w & np.uint64(0xFF)
+        if n_low == 2:
+            hi[i] = (w >> np.uint64(8)) & np.uint64(0xFF)
+    if n_low > 2:
+        for j in range(n_low):
+            byte = lows[j]
+            for i in range(words.size):
+                byte[i] = (np.uint64(words[i]) >> np.uint64(8 * (n_low - 1 - j))) & np.uint64(0xFF)
 
 
 @njit(cache=True, nogil=True)
-def _merge_float(head: np.ndarray, sign_mantissa: np.ndarray, rest: int, low_bits: int, words: np.ndarray) -> None:
+def _merge_float(head: np.ndarray, sign_mantissa: np.ndarray, lows: tuple, n_low: int, rest: int, low_bits: int,
+                 words: np.ndarray) -> None:
+    """Inverse of ``_split_float``, in one pass over the words for F16 and F32."""
     top = np.uint64(8 * words.itemsize - 1)
     rest_, low_bits_ = np.uint64(rest), np.uint64(low_bits)
     low_mask = np.uint64((1 << low_bits) - 1)
+    hi, lo = lows[0], lows[n_low - 1] if n_low else lows[0]
     for i in range(words.size):
         sm = np.uint64(sign_mantissa[i])
-        words[i] = ((sm >> low_bits_) << top) | (np.uint64(head[i]) << rest_) | ((sm & low_mask) << (rest_ - low_bits_))
+        w = ((sm >> low_bits_) << top) | (np.uint64(head[i]) << rest_) | ((sm & low_mask) << (rest_ - low_bits_))
+        if n_low == 1 or n_low == 2:
+            w |= np.uint64(lo[i])
+        if n_low == 2:
+            w |= np.uint64(hi[i]) << np.uint64(8)
+        words[i] = w
+    if n_low > 2:
+        for j in range(n_low):
+            byte = lows[j]
+            for i in range(words.size):
+                words[i] |= np.uint64(byte[i]) << np.uint64(8 * (n_low - 1 - j))
+
+
+_NO_LOWS = (np.empty(0, np.uint8),)  # ``lows`` of a float format whose mantissa has no whole low bytes
 
 
 def _words(data: np.ndarray, size: int) -> np.ndarray:
@@ -113,9 +142,8 @@ def split_into(data: np.ndarray, dtype: str, outs: list[np.ndarray]) -> None:
         return
     rest = mbits - TOP_MANTISSA_BITS
     head, sign_mantissa, *low = outs
-    _split_float(_words(data, size), rest, ebits + TOP_MANTISSA_BITS, rest % 8, head, sign_mantissa)
-    for k, out in zip(range(rest // 8 - 1, -1, -1), low):  # the low mantissa bytes are whole bytes of each word
-        out[:] = columns[:, k]
+    _split_float(_words(data, size), rest, ebits + TOP_MANTISSA_BITS, rest % 8, head, sign_mantissa,
+                 tuple(low) or _NO_LOWS, len(low))
 
 
 def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
@@ -135,6 +163,5 @@ def merge_into(planes: list[np.ndarray], dtype: str, out: np.ndarray) -> None:
         return
     rest = mbits - TOP_MANTISSA_BITS
     head, sign_mantissa, *low = planes
-    _merge_float(head, sign_mantissa, rest, rest % 8, out.view(np.dtype(f"<u{size}")))
-    for k, byte in zip(range(rest // 8 - 1, -1, -1), low):
-        columns[:, k] = byte
+    _merge_float(head, sign_mantissa, tuple(low) or _NO_LOWS, len(low), rest, rest % 8,
+                 out.view(np.dtype(f"<u{size}")))
