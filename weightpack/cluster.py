@@ -30,8 +30,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -244,22 +245,36 @@ class _Cluster:
         with self._lock:
             self._bar.update(n)
 
+    @contextmanager
+    def _tasks(self) -> Iterator[list[Any]]:
+        """The tasks of one model. If anything in the block fails (a task, a copy, a cancellation), all
+        of them are cancelled and waited for: nothing writes into the model's temporary once it is removed."""
+        tasks: list[Any] = []
+        try:
+            yield tasks
+        except BaseException:
+            self._cancel(tasks)
+            raise
+
     def pack(self, src: Path, final: Path, *, overwrite: bool, verify: bool, base: str | os.PathLike | None) -> None:
         if src.is_file():
-            with atomic_output(final, overwrite) as tmp:
-                self._results([self._pack.remote(str(src), str(tmp), "", [], self.threads, verify, base)])
+            with atomic_output(final, overwrite) as tmp, self._tasks() as tasks:
+                tasks.append(self._pack.remote(str(src), str(tmp), "", [], self.threads, verify, base))
+                self._results(tasks)
             return
         weights, others = api.packable(src)
         rel = {f: f.relative_to(src) for f in weights + others}
         archives = [rel[f].with_suffix(WPK).as_posix() for f in weights]
         writes = archives + [rel[f].as_posix() for f in others] + [MANIFEST]
-        with atomic_output(final, overwrite, directory=True, writes=writes) as tmp:
-            keys = self._results([self._keys.remote(str(f)) for f in weights], count=False)
+        with atomic_output(final, overwrite, directory=True, writes=writes) as tmp, self._tasks() as tasks:
+            tasks += [self._keys.remote(str(f)) for f in weights]
+            keys = self._results(tasks, count=False)
             shards: list[Any] = []
             for f, archive, (earlier, before) in zip(weights, archives, _copies_to_look_for(weights, archives, keys)):
                 (tmp / archive).parent.mkdir(parents=True, exist_ok=True)
                 shards.append(self._pack.remote(str(f), str(tmp / archive), archive, earlier, self.threads, verify,
                                                 base, *[shards[j] for j in before]))
+            tasks += shards
             record = manifest.Manifest()
             files = {rel[f].as_posix(): self._copy(f, tmp / rel[f]) for f in others}  # while the shards are coded
             for f, archive, shard in zip(weights, archives, self._results(shards)):
@@ -270,12 +285,13 @@ class _Cluster:
     def unpack(self, src: Path, final: Path, *, overwrite: bool, base: str | os.PathLike | None,
                sha256: bool) -> None:
         if src.is_file():
-            with atomic_output(final, overwrite) as tmp:
-                self._results([self._unpack.remote(str(src), str(tmp), None, self.threads, base, sha256)])
+            with atomic_output(final, overwrite) as tmp, self._tasks() as tasks:
+                tasks.append(self._unpack.remote(str(src), str(tmp), None, self.threads, base, sha256))
+                self._results(tasks)
             return
         record = api.packed_folder(src)
-        with atomic_output(final, overwrite, directory=True, writes=record.restored_names()) as tmp:
-            tasks = []
+        with atomic_output(final, overwrite, directory=True, writes=record.restored_names()) as tmp, \
+                self._tasks() as tasks:
             for name, entry in record.archives.items():
                 (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
                 tasks.append(self._unpack.remote(str(src / name), str(tmp / entry.original), entry, self.threads,
@@ -285,14 +301,15 @@ class _Cluster:
             self._results(tasks)
 
     def verify(self, src: Path, *, base: str | os.PathLike | None) -> None:
-        if src.is_file():
-            self._results([self._verify.remote(str(src), None, self.threads, base)])
-            return
-        record = api.packed_folder(src)
-        tasks = [self._verify.remote(str(src / name), entry, self.threads, base)
-                 for name, entry in record.archives.items()]
-        api.check_files(src, record, self._advance)
-        self._results(tasks)
+        record = None if src.is_file() else api.packed_folder(src)
+        with self._tasks() as tasks:
+            if record is None:
+                tasks.append(self._verify.remote(str(src), None, self.threads, base))
+            else:
+                tasks += [self._verify.remote(str(src / name), entry, self.threads, base)
+                          for name, entry in record.archives.items()]
+                api.check_files(src, record, self._advance)
+            self._results(tasks)
 
     def _copy(self, src: Path, dst: Path, sha256: str | None = None) -> manifest.File:
         """A small file of a model (config, tokenizer), copied and checked by this process."""
@@ -303,11 +320,9 @@ class _Cluster:
         return record
 
     def _results(self, tasks: list[Any], count: bool = True) -> list[Any]:
-        """The tasks' results, in order, once all are done; the first failure as a WeightpackError.
-
-        On a failure or a cancellation, the other tasks are cancelled and waited for first: nothing
-        writes into a model's temporary any more once this returns.
-        """
+        """The tasks' results, in order, once all are done (counted on the progress bar as they finish);
+        the first failure as a WeightpackError naming the file and the node; a cancellation request
+        as KeyboardInterrupt."""
         ray = self.ray
         try:
             pending = list(tasks)
@@ -320,15 +335,10 @@ class _Cluster:
                         self._advance(result["bytes"])
             return ray.get(tasks)
         except ray.exceptions.RayTaskError as exc:
-            self._cancel(tasks)
             cause = exc.cause if isinstance(exc.cause, WeightpackError) else exc
             raise WeightpackError(_first_line(cause)) from None
         except ray.exceptions.RayError as exc:  # a worker or node lost more often than retried, a cancelled task
-            self._cancel(tasks)
             raise WeightpackError(f"a task was lost: {type(exc).__name__}: {_first_line(exc)}") from None
-        except BaseException:
-            self._cancel(tasks)
-            raise
 
     def _cancel(self, tasks: list[Any]) -> None:
         for task in tasks:
