@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,11 +36,34 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarn
 
 
 @pytest.fixture(autouse=True)
-def quick_thread_switches() -> Iterator[None]:
-    """The simulator's threads meet at every barrier; switching threads often makes that 4x faster."""
+def simulator_fit_for_barriers() -> Iterator[None]:
+    """Two things the CUDA simulator needs for kernels whose threads meet at barriers.
+
+    Its threads are Python threads: switching between them often makes each barrier 4x faster.
+    And its ``cuda.shared.array`` creates a block's array on the first thread's call without a lock,
+    so two threads starting together can each get an array of their own (a real race in
+    numba-cuda 0.30's simulator, seen as garbage read from "shared" memory): the calls are
+    serialised here, which is what a GPU's shared memory gives for free.
+    """
     before = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)
+    patched = None
+    if SIMULATED:
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+        patched, lock = FakeCUDAShared.array, threading.Lock()
+
+        def array(self: FakeCUDAShared, shape: int, dtype: object, alignment: None = None) -> np.ndarray:
+            """The simulator's own rule (one array per source line of the kernel), under a lock."""
+            caller = traceback.extract_stack(sys._getframe(1), limit=1)[0][0:2]
+            with lock:
+                if caller not in self._allocations:
+                    self._allocations[caller] = np.empty(shape, np.dtype(dtype))  # kernels here pass numpy types
+                return self._allocations[caller]
+        FakeCUDAShared.array = array
     yield
+    if patched is not None:
+        FakeCUDAShared.array = patched
     sys.setswitchinterval(before)
 
 

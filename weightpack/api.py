@@ -78,7 +78,7 @@ def workers(threads: int | None, base: str | os.PathLike | None = None) -> Itera
 CANCEL = threading.Event()
 
 
-class _Progress:
+class Progress:
     """Progress of one operation: a tqdm bar on stderr when ``enabled`` (tqdm is imported only then:
     short commands stay quick to start), and the place where long work notices a cancellation request."""
 
@@ -95,7 +95,7 @@ class _Progress:
         if self._bar is not None:
             self._bar.update(n)
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -103,8 +103,8 @@ class _Progress:
             self._bar.close()
 
 
-def _bar(total: int, enabled: bool, desc: str) -> _Progress:
-    return _Progress(total, enabled, desc)
+def _bar(total: int, enabled: bool, desc: str) -> Progress:
+    return Progress(total, enabled, desc)
 
 
 def sha256_file(path: Path) -> str:
@@ -320,7 +320,7 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
 FETCHERS = 4  # small files (config, tokenizer, index.json) fetched side by side, beside the archives
 
 
-def _restore_file(source: FolderSource, name: str, entry: manifest.File, tmp: Path, bar: _Progress) -> None:
+def _restore_file(source: FolderSource, name: str, entry: manifest.File, tmp: Path, bar: Progress) -> None:
     path = source.file(name)
     with about(path):
         copy_checked(path, tmp / name, entry.sha256)

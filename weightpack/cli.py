@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import WeightpackError
+from .paths import tree_size
 
 if TYPE_CHECKING:
     from . import cluster
@@ -29,15 +30,11 @@ def _size(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _tree_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _transfer(args: argparse.Namespace, run: Callable[[], Path], verb: str) -> dict:
     start = time.perf_counter()
     dst = run()
     seconds = time.perf_counter() - start
-    before, after = _tree_size(Path(args.src)), _tree_size(dst)
+    before, after = tree_size(Path(args.src)), tree_size(dst)
     summary = {"source": str(args.src), "destination": str(dst), "source_bytes": before,
                "destination_bytes": after, "seconds": round(seconds, 3)}
     if not args.quiet and not args.json:

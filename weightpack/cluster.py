@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from . import api, manifest
 from .atomic import atomic_output
 from .errors import WeightpackError, about
-from .paths import MANIFEST, WPK, destination, destination_in
+from .paths import MANIFEST, WPK, destination, destination_in, tree_size
 from .safetensors_layout import TensorEntry
 from .sources import Dedup, Stored
 from .wpkfile import dedup_keys
@@ -147,10 +147,9 @@ def _plan(sources: Sequence[str | os.PathLike], dst: str | os.PathLike | None, p
     for given in sources:
         src = Path(given)
         try:
-            with about(src):
-                src = api.existing(src)
-                final = (None if packing is None else destination_in(src, folder, packing) if folder is not None
-                         else destination(src, dst, packing))
+            src = api.existing(src)
+            final = (None if packing is None else destination_in(src, folder, packing) if folder is not None
+                     else destination(src, dst, packing))
         except WeightpackError as exc:
             jobs.append((src, None, str(exc)))
             continue
@@ -169,18 +168,23 @@ def _run(jobs: list[Job], here: Callable[[Path, Path | None], None],
     start = time.perf_counter()
     if address is None:
         return Summary([_outcome(job, here) for job in jobs], time.perf_counter() - start)
-    total = sum(_tree_size(src) for src, _, error in jobs if error is None)
+    total = sum(tree_size(src) for src, _, error in jobs if error is None)
     with _Cluster(address, threads or 1, total, progress) as cluster, \
             ThreadPoolExecutor(min(MODELS_IN_FLIGHT, len(jobs)), thread_name_prefix="weightpack-model") as models:
         futures = [models.submit(_outcome, job, lambda src, final: there(cluster, src, final)) for job in jobs]
-        outcomes, interrupted = [], False
+        try:
+            wait(futures)
+        except KeyboardInterrupt:  # Ctrl-C in this thread (a Python caller's): every model stops at its next step
+            api.CANCEL.set()
+            wait(futures)
+            api.CANCEL.clear()
+            raise
+        outcomes = []
         for future in futures:
             try:
                 outcomes.append(future.result())
-            except KeyboardInterrupt:
-                interrupted = True
-        if interrupted:
-            raise KeyboardInterrupt
+            except KeyboardInterrupt:  # a model stopped on a cancellation request: cleaned up, so is the run
+                raise KeyboardInterrupt from None
     return Summary(outcomes, time.perf_counter() - start)
 
 
@@ -198,20 +202,16 @@ def _outcome(job: Job, work: Callable[[Path, Path | None], None]) -> Outcome:
         outcome.error = _one_line(src, exc)
         return outcome
     outcome.seconds = round(time.perf_counter() - start, 3)
-    outcome.source_bytes = _tree_size(src)
-    outcome.destination_bytes = _tree_size(final) if final is not None else 0
+    outcome.source_bytes = tree_size(src)
+    outcome.destination_bytes = tree_size(final) if final is not None else 0
     return outcome
 
 
 def _one_line(path: Path | str, exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"{exc.filename or path}: {exc.strerror or exc}"
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = _first_line(exc)
     return msg if msg.startswith(str(path)) else f"{path}: {msg}"
-
-
-def _tree_size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class _Cluster:
@@ -230,7 +230,7 @@ class _Cluster:
         task = ray.remote(num_cpus=threads, max_retries=TASK_RETRIES)
         self._keys = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_keys_task)
         self._pack, self._unpack, self._verify = task(_pack_task), task(_unpack_task), task(_verify_task)
-        self._bar = api._bar(total, progress, "cluster")
+        self._bar = api.Progress(total, progress, "cluster")
         self._lock = threading.Lock()
 
     def __enter__(self) -> _Cluster:

@@ -102,6 +102,11 @@ def _made_by_us(folder: Path, writes: set[str]) -> bool:
     return all(p.relative_to(folder).as_posix() in writes for p in walk(folder))
 
 
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def walk(folder: Path) -> list[Path]:
     """Every file under ``folder``, sorted, following symbolic links to files and folders.
 
