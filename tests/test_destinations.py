@@ -194,7 +194,8 @@ def test_info_shows_a_plane_whose_chunks_are_all_raw_as_raw(bf16_wpk: Path) -> N
 
 
 def test_the_api_is_listed_and_defaults_agree() -> None:
-    assert {"pack", "unpack", "verify", "info", "safe_open", "load_file", "load_folder", "hub"} <= set(dir(weightpack))
+    assert {"pack", "unpack", "verify", "info", "safe_open", "load_file", "load_folder", "hub", "cluster"} <= set(
+        dir(weightpack))
     defaults = {inspect.signature(f).parameters["framework"].default
                 for f in (loading.safe_open, loading.load_file, loading.load_folder)}
     assert defaults == {"pt"}

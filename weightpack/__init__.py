@@ -2,7 +2,8 @@
 
 ``pack``/``unpack``/``verify``/``info`` work on files and model folders; ``safe_open``/``load_file``/
 ``load_folder`` read tensors straight from a .wpk or packed folder; ``from_pretrained`` builds a
-transformers model from a packed folder or repo; ``weightpack.hub`` pushes and pulls packed models.
+transformers model from a packed folder or repo; ``weightpack.hub`` pushes and pulls packed models;
+``weightpack.cluster`` packs, unpacks and verifies many checkpoints, here or on a Ray cluster.
 
 The heavy modules (numpy, numba) load on first use, so that the command line can install its
 signal handling before anything slow runs: Ctrl-C at any moment gets a clean exit.
@@ -16,7 +17,8 @@ from .errors import FormatError, IntegrityError, OutputExistsError, WeightpackEr
 
 __version__ = "0.1.0"
 _LAZY = {"pack": "api", "unpack": "api", "verify": "api", "info": "api", "safe_open": "loading",
-         "load_file": "loading", "load_folder": "loading", "from_pretrained": "models", "hub": None}
+         "load_file": "loading", "load_folder": "loading", "from_pretrained": "models", "hub": None,
+         "cluster": None}
 __all__ = ["FormatError", "IntegrityError", "OutputExistsError", "WeightpackError", "__version__", *_LAZY]
 
 
