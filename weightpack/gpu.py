@@ -191,13 +191,17 @@ class _Stripes:
         return status, self.where, IntegrityError
 
 
-def decode(reader: ArchiveReader, names: Iterable[str]) -> dict[str, object]:
-    """The tensors ``names`` of an open archive as numba device arrays (uint8: their bytes), checked.
-
-    Raises IntegrityError / FormatError naming the tensor if any chunk or stripe fails.
+def decode(reader: ArchiveReader, names: Iterable[str], device: int = 0) -> dict[str, object]:
+    """The tensors ``names`` of an open archive as numba device arrays (uint8: their bytes) on GPU
+    number ``device``, checked. Raises IntegrityError / FormatError naming the tensor if any chunk
+    or stripe fails.
     """
     cuda = cuda_module()
-    names = list(names)
+    with cuda.gpus[device]:
+        return _decode(cuda, reader, list(names))
+
+
+def _decode(cuda, reader: ArchiveReader, names: list[str]) -> dict[str, object]:
     wanted = [reader.tensors[n] for n in names]
     copies = [s for s in wanted if s.ref == REF_COPY and s.source == SELF]
     needed = {s.name: s for s in wanted if s not in copies}

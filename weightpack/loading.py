@@ -183,10 +183,13 @@ class safe_open:
         """Several tensors at once: on the GPU, decoded together in a few kernel launches."""
         segments = {name: self._segment(name) for name in names}
         if self.device != "cpu":
+            import torch
+
             from . import gpu
 
+            index = torch.device(self.device).index
             with about(self.path):
-                decoded = gpu.decode(self._reader, names)
+                decoded = gpu.decode(self._reader, names, torch.cuda.current_device() if index is None else index)
             return {n: _cuda_tensor(decoded[n], s.dtype, s.shape, self.device) for n, s in segments.items()}
         return {n: _as_framework(self._reader.segment_bytes(s), s.dtype, s.shape, self.framework)
                 for n, s in segments.items()}
