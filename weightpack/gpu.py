@@ -186,8 +186,8 @@ class _Stripes:
             arrays = [cuda.to_device(np.asarray(a, dtype), stream=stream) for a, dtype in
                       ((self.start, np.int64), (self.length, np.int64), (self.seed, np.uint64),
                        (self.expected, np.uint64))]
-            blocks = -(-len(self.start) // rans_cuda.THREADS)
-            rans_cuda.check_stripes[blocks, rans_cuda.THREADS, stream](out, *arrays, status)
+            per_block = min(rans_cuda.STRIPES_PER_BLOCK, len(self.start))
+            rans_cuda.check_stripes[-(-len(self.start) // per_block), 4 * per_block, stream](out, *arrays, status)
         return status, self.where, IntegrityError
 
 

@@ -9,9 +9,9 @@ plane merging, and the stripes' XXH64 checks. The host side (what to launch, on 
   counted from flags in shared memory between two barriers (the same count a warp ballot gives).
 - ``unpack_raw``: one thread per symbol of a bit-packed (or constant) chunk.
 - ``merge_planes``: one thread per element, rebuilding each word from its planes (``planes.py``).
-- ``check_stripes``: one thread per stripe, XXH64 of the decoded bytes against the recorded value
-  (the algorithm of ``checksum.py``, written again for the device: a CPU njit function cannot be
-  called from a kernel).
+- ``check_stripes``: four threads per stripe (XXH64's four accumulators), XXH64 of the decoded
+  bytes against the recorded value (the algorithm of ``checksum.py``, written again for the
+  device: a CPU njit function cannot be called from a kernel).
 
 Memory safety on any bytes: every kernel checks each index it derives from a chunk's description
 against the size of the array it reads or writes, and reports a chunk it cannot decode in
@@ -28,6 +28,7 @@ from .rans import MAX_PRECISION, STATE_BITS, STATE_LOW, WIDE_LANES, WIDE_MIN
 
 BLOCK_THREADS = 64  # threads per block of decode_rans at most: 4 wide or 16 narrow chunks
 THREADS = 256  # threads per block of the element-wise kernels
+STRIPES_PER_BLOCK = 64  # check_stripes: four threads a stripe
 
 
 @cuda.jit
@@ -185,18 +186,26 @@ def _le(data, p, n):
 
 
 @cuda.jit(device=True)
-def _xxh64(data, start, n, seed):
-    """XXH64 of ``data[start:start + n]`` (see checksum.py)."""
-    p = start
-    end = start + n
+def _accumulator(data, start, blocks, j, seed):
+    """XXH64's accumulator ``j`` (0-3) after the ``blocks`` whole 32-byte blocks at ``data[start:]``:
+    it reads word ``j`` of each block only, so the four run on four threads."""
+    if j == 0:
+        v = seed + P1 + P2
+    elif j == 1:
+        v = seed + P2
+    elif j == 2:
+        v = seed
+    else:
+        v = seed - P1
+    for b in range(blocks):
+        v = _round(v, _le(data, start + 32 * b + 8 * j, 8))
+    return v
+
+
+@cuda.jit(device=True)
+def _finish(data, p, end, n, v1, v2, v3, v4, seed):
+    """The rest of XXH64 of ``n`` bytes ending at ``end``, from the four accumulators and the tail at ``p``."""
     if n >= 32:
-        v1, v2, v3, v4 = seed + P1 + P2, seed + P2, seed, seed - P1
-        while p + 32 <= end:
-            v1 = _round(v1, _le(data, p, 8))
-            v2 = _round(v2, _le(data, p + 8, 8))
-            v3 = _round(v3, _le(data, p + 16, 8))
-            v4 = _round(v4, _le(data, p + 24, 8))
-            p += 32
         h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
         for v in (v1, v2, v3, v4):
             h = (h ^ _round(np.uint64(0), v)) * P1 + P4
@@ -222,9 +231,23 @@ def _xxh64(data, start, n, seed):
 @cuda.jit
 def check_stripes(out, start, length, seed, expected, status):
     """Stripe ``k``: ``status[k]`` is 1 if the XXH64 of ``out[start[k]:][:length[k]]`` (seeded with
-    ``seed[k]``, its offset in the original file) is ``expected[k]``."""
-    k = cuda.grid(1)
-    if k >= start.size:
-        return
-    ok = start[k] >= 0 and length[k] >= 0 and start[k] + length[k] <= out.size
-    status[k] = 1 if ok and _xxh64(out, start[k], length[k], seed[k]) == expected[k] else 0
+    ``seed[k]``, its offset in the original file) is ``expected[k]``.
+
+    XXH64 is serial within a stripe except for its four accumulators: four threads run one each
+    (``STRIPES_PER_BLOCK`` stripes to a block), then the first merges them and hashes the tail.
+    """
+    acc = cuda.shared.array((STRIPES_PER_BLOCK, 4), np.uint64)
+    tid = cuda.threadIdx.x
+    local, j = tid // 4, tid % 4
+    k = cuda.blockIdx.x * STRIPES_PER_BLOCK + local
+    ok = k < start.size and start[k] >= 0 and length[k] >= 0 and start[k] + length[k] <= out.size
+    if ok:
+        acc[local, j] = _accumulator(out, start[k], length[k] // 32, j, seed[k])
+    cuda.syncthreads()
+    if ok and j == 0:
+        n, first = length[k], start[k]
+        h = _finish(out, first + n // 32 * 32, first + n, n, acc[local, 0], acc[local, 1], acc[local, 2],
+                    acc[local, 3], seed[k])
+        status[k] = 1 if h == expected[k] else 0
+    elif j == 0 and k < start.size:
+        status[k] = 0
