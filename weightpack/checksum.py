@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.core.extending import register_jitable
 
 P1 = np.uint64(0x9E3779B185EBCA87)
 P2 = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -26,23 +27,21 @@ P4 = np.uint64(0x85EBCA77C2B2AE63)
 P5 = np.uint64(0x27D4EB2F165667C5)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _rotl(x: np.uint64, r: int) -> np.uint64:
+# The steps are ``register_jitable``: compiled into whichever target calls them, this module's CPU
+# function below and the GPU's stripe check (``rans_cuda.check_stripes``), from this one source.
+
+@register_jitable(inline="always")
+def rotl(x: np.uint64, r: int) -> np.uint64:
     return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _round(acc: np.uint64, lane: np.uint64) -> np.uint64:
-    return _rotl(acc + lane * P2, 31) * P1
+@register_jitable(inline="always")
+def xxh_round(acc: np.uint64, lane: np.uint64) -> np.uint64:
+    return rotl(acc + lane * P2, 31) * P1
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _merge(acc: np.uint64, v: np.uint64) -> np.uint64:
-    return (acc ^ _round(np.uint64(0), v)) * P1 + P4
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _le(data: np.ndarray, p: int, n: int) -> np.uint64:
+@register_jitable
+def le(data: np.ndarray, p: int, n: int) -> np.uint64:
     """``n`` bytes at ``p`` as a little-endian integer (any alignment)."""
     v = np.uint64(0)
     for k in range(n):
@@ -50,39 +49,48 @@ def _le(data: np.ndarray, p: int, n: int) -> np.uint64:
     return v
 
 
-@njit(cache=True, nogil=True)
-def xxh64(data: np.ndarray, seed: int) -> np.uint64:
-    """XXH64 of a contiguous uint8 array."""
-    n = data.size
-    p = 0
-    seed = np.uint64(seed)
+@register_jitable
+def finish(data: np.ndarray, p: int, end: int, n: int, v1: np.uint64, v2: np.uint64, v3: np.uint64,
+           v4: np.uint64, seed: np.uint64) -> np.uint64:
+    """XXH64 of ``n`` bytes ending at ``end``, from its four accumulators (after every whole 32-byte
+    block; unused when ``n < 32``) and the tail starting at ``p``."""
     if n >= 32:
-        v1, v2, v3, v4 = seed + P1 + P2, seed + P2, seed, seed - P1
-        while p + 32 <= n:
-            v1 = _round(v1, _le(data, p, 8))
-            v2 = _round(v2, _le(data, p + 8, 8))
-            v3 = _round(v3, _le(data, p + 16, 8))
-            v4 = _round(v4, _le(data, p + 24, 8))
-            p += 32
-        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
-        h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
+        h = rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18)
+        for v in (v1, v2, v3, v4):
+            h = (h ^ xxh_round(np.uint64(0), v)) * P1 + P4
     else:
         h = seed + P5
     h += np.uint64(n)
-    while p + 8 <= n:
-        h = _rotl(h ^ _round(np.uint64(0), _le(data, p, 8)), 27) * P1 + P4
+    while p + 8 <= end:
+        h = rotl(h ^ xxh_round(np.uint64(0), le(data, p, 8)), 27) * P1 + P4
         p += 8
-    if p + 4 <= n:
-        h = _rotl(h ^ (_le(data, p, 4) * P1), 23) * P2 + P3
+    if p + 4 <= end:
+        h = rotl(h ^ (le(data, p, 4) * P1), 23) * P2 + P3
         p += 4
-    while p < n:
-        h = _rotl(h ^ (np.uint64(data[p]) * P5), 11) * P1
+    while p < end:
+        h = rotl(h ^ (np.uint64(data[p]) * P5), 11) * P1
         p += 1
     h ^= h >> np.uint64(33)
     h *= P2
     h ^= h >> np.uint64(29)
     h *= P3
     return h ^ (h >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True)
+def xxh64(data: np.ndarray, seed: int) -> np.uint64:
+    """XXH64 of a contiguous uint8 array (read as native words: weightpack runs on little-endian machines)."""
+    n = data.size
+    seed = np.uint64(seed)
+    v1, v2, v3, v4 = seed + P1 + P2, seed + P2, seed, seed - P1
+    blocks = n // 32
+    words = data[:32 * blocks].view(np.uint64)
+    for b in range(blocks):
+        v1 = xxh_round(v1, words[4 * b])
+        v2 = xxh_round(v2, words[4 * b + 1])
+        v3 = xxh_round(v3, words[4 * b + 2])
+        v4 = xxh_round(v4, words[4 * b + 3])
+    return finish(data, 32 * blocks, n, n, v1, v2, v3, v4, seed)
 
 
 def stripe_hash(data: np.ndarray, offset: int) -> int:

@@ -10,8 +10,7 @@ plane merging, and the stripes' XXH64 checks. The host side (what to launch, on 
 - ``unpack_raw``: one thread per symbol of a bit-packed (or constant) chunk.
 - ``merge_planes``: one thread per element, rebuilding each word from its planes (``planes.py``).
 - ``check_stripes``: four threads per stripe (XXH64's four accumulators), XXH64 of the decoded
-  bytes against the recorded value (the algorithm of ``checksum.py``, written again for the
-  device: a CPU njit function cannot be called from a kernel).
+  bytes against the recorded value, from the same steps as the CPU's (``checksum.py``).
 
 Memory safety on any bytes: every kernel checks each index it derives from a chunk's description
 against the size of the array it reads or writes, and reports a chunk it cannot decode in
@@ -23,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .checksum import P1, P2, P3, P4, P5
+from .checksum import P1, P2, finish, le, xxh_round
 from .rans import MAX_PRECISION, STATE_BITS, STATE_LOW, WIDE_LANES, WIDE_MIN
 
 BLOCK_THREADS = 64  # threads per block of decode_rans at most: 4 wide or 16 narrow chunks
@@ -167,24 +166,6 @@ def merge_planes(symbols, plane_start, seg_dst, seg_count, seg_planes, itemsize,
             out[first + i * width + k] = (word >> np.uint64(8 * k)) & np.uint64(0xFF)
 
 
-@cuda.jit(device=True, inline=True)
-def _rotl(x, r):
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-@cuda.jit(device=True, inline=True)
-def _round(acc, lane):
-    return _rotl(acc + lane * P2, 31) * P1
-
-
-@cuda.jit(device=True, inline=True)
-def _le(data, p, n):
-    v = np.uint64(0)
-    for k in range(n):
-        v |= np.uint64(data[p + k]) << np.uint64(8 * k)
-    return v
-
-
 @cuda.jit(device=True)
 def _accumulator(data, start, blocks, j, seed):
     """XXH64's accumulator ``j`` (0-3) after the ``blocks`` whole 32-byte blocks at ``data[start:]``:
@@ -198,34 +179,8 @@ def _accumulator(data, start, blocks, j, seed):
     else:
         v = seed - P1
     for b in range(blocks):
-        v = _round(v, _le(data, start + 32 * b + 8 * j, 8))
+        v = xxh_round(v, le(data, start + 32 * b + 8 * j, 8))
     return v
-
-
-@cuda.jit(device=True)
-def _finish(data, p, end, n, v1, v2, v3, v4, seed):
-    """The rest of XXH64 of ``n`` bytes ending at ``end``, from the four accumulators and the tail at ``p``."""
-    if n >= 32:
-        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
-        for v in (v1, v2, v3, v4):
-            h = (h ^ _round(np.uint64(0), v)) * P1 + P4
-    else:
-        h = seed + P5
-    h += np.uint64(n)
-    while p + 8 <= end:
-        h = _rotl(h ^ _round(np.uint64(0), _le(data, p, 8)), 27) * P1 + P4
-        p += 8
-    if p + 4 <= end:
-        h = _rotl(h ^ (_le(data, p, 4) * P1), 23) * P2 + P3
-        p += 4
-    while p < end:
-        h = _rotl(h ^ (np.uint64(data[p]) * P5), 11) * P1
-        p += 1
-    h ^= h >> np.uint64(33)
-    h *= P2
-    h ^= h >> np.uint64(29)
-    h *= P3
-    return h ^ (h >> np.uint64(32))
 
 
 @cuda.jit
@@ -246,8 +201,8 @@ def check_stripes(out, start, length, seed, expected, status):
     cuda.syncthreads()
     if ok and j == 0:
         n, first = length[k], start[k]
-        h = _finish(out, first + n // 32 * 32, first + n, n, acc[local, 0], acc[local, 1], acc[local, 2],
-                    acc[local, 3], seed[k])
+        h = finish(out, first + n // 32 * 32, first + n, n, acc[local, 0], acc[local, 1], acc[local, 2],
+                   acc[local, 3], seed[k])
         status[k] = 1 if h == expected[k] else 0
     elif j == 0 and k < start.size:
         status[k] = 0
