@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -175,8 +176,28 @@ def restore_archive(reader: ArchiveReader, expected: manifest.Archive | None, tm
             reader.restore(out.fileno(), progress, sha256)
 
 
-def packable(src: Path) -> tuple[list[Path], list[Path]]:
-    """(safetensors files, other files) of a model folder, refusing one that cannot be packed."""
+@dataclass
+class FolderPlan:
+    """What packing a model folder writes: an archive per safetensors file, a copy of every other
+    file, and ``weightpack.json`` (names relative to the folder, POSIX)."""
+
+    root: Path
+    weights: list[Path]
+    others: list[Path]
+
+    def name(self, f: Path) -> str:
+        return f.relative_to(self.root).as_posix()
+
+    def archive(self, f: Path) -> str:
+        return f.relative_to(self.root).with_suffix(WPK).as_posix()
+
+    @property
+    def writes(self) -> list[str]:
+        return [self.archive(f) for f in self.weights] + [self.name(f) for f in self.others] + [MANIFEST]
+
+
+def packable(src: Path) -> FolderPlan:
+    """The plan of packing a model folder, refusing one that cannot be packed."""
     files = walk(src)
     for f in files:
         if f.suffix == WPK or f.relative_to(src) == Path(MANIFEST):
@@ -185,7 +206,7 @@ def packable(src: Path) -> tuple[list[Path], list[Path]]:
     if not weights:
         raise WeightpackError(f"{src}: no .safetensors files in the folder: nothing to pack "
                               "(weightpack packs safetensors checkpoints only)")
-    return weights, [f for f in files if f.suffix != SAFETENSORS]
+    return FolderPlan(src, weights, [f for f in files if f.suffix != SAFETENSORS])
 
 
 def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
@@ -207,22 +228,20 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
                 atomic_output(dst, overwrite) as tmp:
             pack_archive(src, tmp, pool, verify, bar.update, base_set, Dedup())
         return dst
-    weights, others = packable(src)
-    rel = {f: f.relative_to(src) for f in weights + others}
-    writes = [rel[f].with_suffix(WPK).as_posix() for f in weights] + [rel[f].as_posix() for f in others] + [MANIFEST]
+    plan = packable(src)
     with workers(threads, base) as (pool, base_set), \
-            _bar(sum(f.stat().st_size for f in rel), progress, "pack") as bar, \
-            atomic_output(dst, overwrite, directory=True, writes=writes) as tmp:
+            _bar(sum(f.stat().st_size for f in plan.weights + plan.others), progress, "pack") as bar, \
+            atomic_output(dst, overwrite, directory=True, writes=plan.writes) as tmp:
         record, dedup = manifest.Manifest(), Dedup()
-        for f in weights:
-            archive = rel[f].with_suffix(WPK).as_posix()
+        for f in plan.weights:
+            archive = plan.archive(f)
             (tmp / archive).parent.mkdir(parents=True, exist_ok=True)
             index = pack_archive(f, tmp / archive, pool, verify, bar.update, base_set, dedup, archive)
-            record.archives[archive] = manifest.Archive(rel[f].as_posix(), index.original_size,
+            record.archives[archive] = manifest.Archive(plan.name(f), index.original_size,
                                                         index.original_sha256.hex())
-        for f in others:
+        for f in plan.others:
             with about(f):
-                record.files[rel[f].as_posix()] = copy_checked(f, tmp / rel[f])
+                record.files[plan.name(f)] = copy_checked(f, tmp / plan.name(f))
             bar.update(f.stat().st_size)
         (tmp / MANIFEST).write_bytes(record.dumps())
     return dst

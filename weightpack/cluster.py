@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from . import api, manifest
 from .atomic import atomic_output
 from .errors import WeightpackError, about
-from .paths import MANIFEST, WPK, destination, destination_in, tree_size
+from .paths import MANIFEST, destination, destination_in, tree_size
 from .safetensors_layout import TensorEntry
 from .sources import Dedup, Stored
 from .wpkfile import dedup_keys
@@ -197,21 +197,15 @@ def _outcome(job: Job, work: Callable[[Path, Path | None], None]) -> Outcome:
         raise KeyboardInterrupt
     start = time.perf_counter()
     try:
-        work(src, final)
-    except (WeightpackError, OSError) as exc:
-        outcome.error = _one_line(src, exc)
+        with about(src):
+            work(src, final)
+    except WeightpackError as exc:
+        outcome.error = _first_line(exc)
         return outcome
     outcome.seconds = round(time.perf_counter() - start, 3)
     outcome.source_bytes = tree_size(src)
     outcome.destination_bytes = tree_size(final) if final is not None else 0
     return outcome
-
-
-def _one_line(path: Path | str, exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return f"{exc.filename or path}: {exc.strerror or exc}"
-    msg = _first_line(exc)
-    return msg if msg.startswith(str(path)) else f"{path}: {msg}"
 
 
 class _Cluster:
@@ -262,11 +256,9 @@ class _Cluster:
                 tasks.append(self._pack.remote(str(src), str(tmp), "", [], self.threads, verify, base))
                 self._results(tasks)
             return
-        weights, others = api.packable(src)
-        rel = {f: f.relative_to(src) for f in weights + others}
-        archives = [rel[f].with_suffix(WPK).as_posix() for f in weights]
-        writes = archives + [rel[f].as_posix() for f in others] + [MANIFEST]
-        with atomic_output(final, overwrite, directory=True, writes=writes) as tmp, self._tasks() as tasks:
+        plan = api.packable(src)
+        weights, archives = plan.weights, [plan.archive(f) for f in plan.weights]
+        with atomic_output(final, overwrite, directory=True, writes=plan.writes) as tmp, self._tasks() as tasks:
             tasks += [self._keys.remote(str(f)) for f in weights]
             keys = self._results(tasks, count=False)
             shards: list[Any] = []
@@ -276,9 +268,9 @@ class _Cluster:
                                                 base, *[shards[j] for j in before]))
             tasks += shards
             record = manifest.Manifest()
-            files = {rel[f].as_posix(): self._copy(f, tmp / rel[f]) for f in others}  # while the shards are coded
+            files = {plan.name(f): self._copy(f, tmp / plan.name(f)) for f in plan.others}  # while shards are coded
             for f, archive, shard in zip(weights, archives, self._results(shards)):
-                record.archives[archive] = manifest.Archive(rel[f].as_posix(), shard["size"], shard["sha256"])
+                record.archives[archive] = manifest.Archive(plan.name(f), shard["size"], shard["sha256"])
             record.files.update(files)
             (tmp / MANIFEST).write_bytes(record.dumps())
 

@@ -192,13 +192,14 @@ class RepoFiles:
         with ThreadPoolExecutor(1, thread_name_prefix="weightpack-download") as downloader:
             download = downloader.submit(self.file, name)
             streamed = self._streamed(name, download, pool, base)
-            try:
-                with streamed[0] if streamed else ArchiveReader(download.result(), pool, base) as reader:
+            if streamed is None:
+                with ArchiveReader(download.result(), pool, base) as reader:
                     yield reader
-                download.result()  # the cache holds the whole file, checked by huggingface_hub
-            finally:
-                if streamed:
-                    os.close(streamed[1].fd)
+                return
+            reader, arrival = streamed
+            with arrival, reader:
+                yield reader
+            download.result()  # the cache holds the whole file, checked by huggingface_hub
 
     def _streamed(self, name: str, download: Future, pool: ThreadPoolExecutor,
                   base: BaseSet | None) -> tuple[ArchiveReader, _Arrival] | None:
@@ -268,6 +269,12 @@ class _Arrival:
 
     def __init__(self, fd: int, download: Future) -> None:
         self.fd, self.download = fd, download
+
+    def __enter__(self) -> _Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # the file this was watching grow (the reader holds its own)
 
     def __call__(self, end: int) -> None:
         while os.fstat(self.fd).st_size < end:
