@@ -43,7 +43,7 @@ from .container import (
     PlaneRecord,
     unzstd,
 )
-from .entropy import FrequencyTable, entropy_bits, histogram
+from .entropy import FrequencyTable, entropy_bits, histogram, present_symbols
 from .errors import FormatError, IntegrityError
 from .parallel import ordered_map
 
@@ -141,7 +141,7 @@ def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> Enc
     raw = symbols.size * bits
     costs = {CHUNK_PLANE: shared.coded_bits(counts), CHUNK_RAW: raw * (1 - MIN_CODING_GAIN)}
     own = None
-    if entropy_bits(counts) + 8 * int((counts > 0).sum()) < min(costs.values()):  # a table of its own may pay
+    if entropy_bits(counts) + 8 * present_symbols(counts) < min(costs.values()):  # a table of its own may pay
         own = FrequencyTable.fit(counts, OWN_TABLE_MIN_PRECISION)
         if own is not None:
             costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (own.serialized_size() + 2)

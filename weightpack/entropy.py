@@ -46,13 +46,21 @@ def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
     return counts
 
 
+@njit(cache=True, nogil=True)
 def entropy_bits(counts: np.ndarray) -> float:
     """Order-0 empirical entropy of the whole plane in bits: the bound a static order-0 coder meets."""
-    total = int(counts.sum())
-    present = counts[counts > 0].astype(np.float64)
-    if total == 0:
-        return 0.0
-    return float(-(present * np.log2(present / total)).sum())
+    total = float(counts.sum())
+    bits = 0.0
+    for c in counts:
+        if c > 0:
+            bits -= c * np.log2(c / total)
+    return bits
+
+
+@njit(cache=True, nogil=True)
+def present_symbols(counts: np.ndarray) -> int:
+    """How many symbol values occur at least once."""
+    return int((counts > 0).sum())
 
 
 @njit(cache=True, nogil=True)
@@ -181,12 +189,35 @@ def _parse_table(data: np.ndarray, freq: np.ndarray) -> int:
     return 0
 
 
-def _leb128(values: np.ndarray) -> bytes:
-    """Values below 2**21 as LEB128: 7 bits a byte, least significant first, high bit = more follows."""
-    length = 1 + (values >= 1 << 7) + (values >= 1 << 14)
-    groups = np.stack([values & 0x7F, (values >> 7) & 0x7F, (values >> 14) & 0x7F], axis=1)
-    groups[:, :2] |= np.where(np.arange(2) < (length - 1)[:, None], 0x80, 0)
-    return groups[np.arange(3) < length[:, None]].astype(np.uint8).tobytes()
+@njit(cache=True, nogil=True)
+def _serialize(freq: np.ndarray, precision: int, out: np.ndarray) -> None:
+    """Write a table into ``out`` (``_serialized_size(freq)`` bytes): precision, first symbol and span
+    (uint16 LE), a bitmap of present symbols over the span (bit ``i % 8`` of byte ``i // 8``), then
+    each present frequency as LEB128 (7 bits a byte, least significant first, high bit = more follows).
+
+    Compiled without the GIL: most chunks of a large plane serialise a table of their own.
+    """
+    first, last = -1, -1
+    for s in range(freq.size):
+        if freq[s] > 0:
+            if first < 0:
+                first = s
+            last = s
+    span = last - first + 1
+    out[0], out[1], out[2], out[3], out[4] = precision, first & 0xFF, first >> 8, span & 0xFF, span >> 8
+    pos = 5 + (span + 7) // 8
+    out[5:pos] = 0
+    for i in range(span):
+        value = freq[first + i]
+        if value == 0:
+            continue
+        out[5 + i // 8] |= 1 << (i % 8)
+        while value >= 0x80:
+            out[pos] = (value & 0x7F) | 0x80
+            value >>= 7
+            pos += 1
+        out[pos] = value
+        pos += 1
 
 
 @dataclass(frozen=True)
@@ -202,8 +233,7 @@ class FrequencyTable:
 
         None if the counts have more distinct symbols than the finest table can hold.
         """
-        n_present = int((counts > 0).sum())
-        lowest = max(min_precision, math.ceil(math.log2(max(n_present, 1))))
+        lowest = max(min_precision, math.ceil(math.log2(max(present_symbols(counts), 1))))
         precision, freq = _fit(counts.astype(np.int64), lowest, rans.MAX_PRECISION, RANS_LOSS_BITS)
         return cls(precision, freq) if precision else None
 
@@ -216,11 +246,9 @@ class FrequencyTable:
         return _serialized_size(self.freq)
 
     def to_bytes(self) -> bytes:
-        present = np.flatnonzero(self.freq)
-        first, span = int(present[0]), int(present[-1] - present[0]) + 1
-        bitmap = np.packbits(self.freq[first:first + span] > 0, bitorder="little").tobytes()
-        return (bytes([self.precision]) + first.to_bytes(2, "little") + span.to_bytes(2, "little") + bitmap
-                + _leb128(self.freq[present].astype(np.int64)))
+        out = np.empty(self.serialized_size(), np.uint8)
+        _serialize(self.freq, self.precision, out)
+        return out.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes | np.ndarray, width: int) -> FrequencyTable:

@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import closing
 from itertools import zip_longest
 from pathlib import Path
 from typing import BinaryIO
@@ -265,17 +266,14 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
             seg, future = pending.popleft()
             emit(seg, future.result())
 
-    with open(src, "rb") as f:
-        for start, end, tensor in spans:
+    with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest)) as reads:
+        for (start, end, tensor), item in reads:
             if tensor is None:
-                data = read_exact(f.fileno(), start, end - start)
-                digest.update(data)
                 seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
-                              hashes=_stripe_hashes(data, codec.BYTES_CHUNK, start))
-                code = lambda p, d=data: [codec.encode_bytes(d, p)]  # noqa: E731
+                              hashes=_stripe_hashes(item, codec.BYTES_CHUNK, start))
+                code = lambda p, d=item: [codec.encode_bytes(d, p)]  # noqa: E731
             else:
-                seg, code = _tensor_segment(src, _read_tensor(f.fileno(), tensor, digest), base, dedup, archive,
-                                            sources)
+                seg, code = _tensor_segment(src, item, base, dedup, archive, sources)
             if seg.count > READ_ELEMENTS:
                 flush(0)
                 emit(seg, code(pool))
@@ -289,6 +287,46 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
     if dedup is not None:
         dedup.sha256[archive] = index.original_sha256
     return index
+
+
+READ_AHEAD_BYTES = 1 << 26  # besides the next span, spans are read ahead while their bytes stay under this
+
+
+def _read_ahead(fd: int, spans: list, digest: _Sha256Behind) -> Iterator[tuple[tuple, np.ndarray | _TensorInput]]:
+    """Each span with what ``_read_tensor`` makes of it (or its bytes, for verbatim bytes), read in order
+    on a thread of its own.
+
+    While the caller codes one tensor, the next is read, hashed and split into planes beside it:
+    done by the caller, that serial work left the coding threads idle between large tensors. The
+    next span is always read ahead, further ones only while they stay under ``READ_AHEAD_BYTES``,
+    so memory holds at most the span being coded, the next one, and that much more. One reading
+    thread keeps ``digest`` fed in file order.
+    """
+    def read(start: int, end: int, tensor: TensorEntry | None) -> np.ndarray | _TensorInput:
+        if tensor is not None:
+            return _read_tensor(fd, tensor, digest)
+        data = read_exact(fd, start, end - start)
+        digest.update(data)
+        return data
+
+    pending: deque[tuple[tuple, Future]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="weightpack-read") as reader:
+        try:
+            ahead = 0
+            for span in spans:
+                size = span[1] - span[0]
+                while len(pending) > 1 and ahead + size > READ_AHEAD_BYTES:
+                    done, future = pending.popleft()
+                    ahead -= done[1] - done[0]
+                    yield done, future.result()
+                pending.append((span, reader.submit(read, *span)))
+                ahead += size
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:  # an early exit: reads not started are dropped, the one running is waited for
+            for _, future in pending:
+                future.cancel()
 
 
 class _Sha256Behind:
