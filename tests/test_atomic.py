@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 import weightpack
 from weightpack import api, wpkfile
 from weightpack.cli import main
-from weightpack.errors import WeightpackError
+from weightpack.errors import FormatError, WeightpackError
 
 
 @pytest.fixture
@@ -108,3 +110,31 @@ def test_real_signal_during_pack_leaves_nothing(minilm_dirs: dict[str, Path], tm
         pytest.skip("pack finished before the signal arrived")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     assert _leftovers(out) == []
+
+
+def _reading_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("weightpack-read")]
+
+
+def test_packing_reads_ahead_in_file_order_and_stops_its_reader_on_a_short_file(tmp_path: Path) -> None:
+    """The reading thread hands over spans in file order; a span past the end of the file fails as
+    a FormatError at that span, and leaves no reading thread behind."""
+    data = bytes(range(256)) * 4096
+    (tmp_path / "f").write_bytes(data)
+    spans = [(0, 100, None), (100, len(data), None), (len(data), len(data) + 10, None)]
+    with open(tmp_path / "f", "rb") as f, wpkfile._Sha256Behind() as digest:
+        reads = wpkfile._read_ahead(f.fileno(), spans, digest)
+        assert [bytes(next(reads)[1]) for _ in range(2)] == [data[:100], data[100:]]
+        with pytest.raises(FormatError, match="shorter"):
+            next(reads)
+        assert digest.digest() == hashlib.sha256(data).digest()  # fed in file order
+    assert not _reading_threads()
+
+
+def test_a_consumer_stopping_early_leaves_no_reading_thread(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    spans = [(k, k + 1, None) for k in range(4096)]
+    with open(tmp_path / "f", "rb") as f, wpkfile._Sha256Behind() as digest, \
+            closing(wpkfile._read_ahead(f.fileno(), spans, digest)) as reads:
+        next(reads)
+    assert not _reading_threads()

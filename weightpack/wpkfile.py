@@ -2,7 +2,7 @@
 
 Packing walks the file in order as a list of segments (verbatim header bytes, each tensor's data,
 any gaps), so the concatenation of the decoded segments is the original file, byte for byte. Input
-is read and processed one tensor at a time: memory stays bounded by the largest tensor.
+is read a tensor ahead of the one being coded: memory stays bounded by about two of the largest tensor.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = l
 
     Small tensors are coded whole on worker threads, several side by side; a large tensor is coded
     with its chunks spread over the pool and written as they come. Output is in file order either
-    way, and memory holds about the largest tensor's planes plus a window of small tensors and chunks.
+    way, and memory holds the planes of the tensor being coded and of the next one (read meanwhile, see
+    ``_read_ahead``) plus a window of small tensors and chunks.
     """
     spans = list(_spans(src))
     with _Sha256Behind() as digest:
