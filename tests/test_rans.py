@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightpack import rans
-from weightpack.entropy import FrequencyTable, entropy_bits, histogram
+from weightpack.entropy import FrequencyTable, chunk_histograms, entropy_bits, histogram
 from weightpack.errors import FormatError
 
 
@@ -75,3 +75,14 @@ def test_table_serialisation_round_trips_and_is_validated() -> None:
                 b"\x0c\x00\x00\xff\xff", b"\x0c\xff\x00\x02\x00\x03\x01\x01"):
         with pytest.raises(FormatError):
             FrequencyTable.from_bytes(bad, 8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 3000), chunk=st.integers(1, 700), bits=st.integers(1, 10), seed=st.integers(0, 2**32 - 1))
+def test_chunk_histograms_count_each_chunk_and_sum_to_the_plane(n: int, chunk: int, bits: int, seed: int) -> None:
+    symbols = np.random.default_rng(seed).integers(0, 1 << bits, n).astype(np.uint16)
+    rows = chunk_histograms(symbols, bits, chunk)
+    assert rows.shape == (-(-n // chunk), 1 << bits)
+    for k, row in enumerate(rows):
+        assert np.array_equal(row, histogram(symbols[k * chunk:(k + 1) * chunk], bits))
+    assert np.array_equal(rows.sum(axis=0), histogram(symbols, bits))

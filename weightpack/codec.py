@@ -43,7 +43,7 @@ from .container import (
     PlaneRecord,
     unzstd,
 )
-from .entropy import FrequencyTable, entropy_bits, histogram, present_symbols
+from .entropy import FrequencyTable, chunk_histograms, entropy_bits, histogram, present_symbols
 from .errors import FormatError, IntegrityError
 from .parallel import ordered_map
 
@@ -135,9 +135,9 @@ def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> bytes:
     return out[rans.encode(symbols, table.encoder_table(), out):].tobytes()
 
 
-def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> EncodedChunk:
-    """One chunk in whichever mode is estimated smallest (raw unless coding saves MIN_CODING_GAIN)."""
-    counts = histogram(symbols, bits)
+def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: FrequencyTable) -> EncodedChunk:
+    """One chunk (``counts``: its histogram) in whichever mode is estimated smallest (raw unless coding
+    saves MIN_CODING_GAIN)."""
     raw = symbols.size * bits
     costs = {CHUNK_PLANE: shared.coded_bits(counts), CHUNK_RAW: raw * (1 - MIN_CODING_GAIN)}
     own = None
@@ -155,7 +155,8 @@ def _encode_chunk(symbols: np.ndarray, bits: int, shared: FrequencyTable) -> Enc
 
 def _encode_symbols(symbols: np.ndarray, bits: int,
                     pool: Executor | None) -> tuple[PlaneRecord, Iterator[EncodedChunk]]:
-    counts = histogram(symbols, bits)
+    per_chunk = chunk_histograms(symbols, bits, CHUNK_SYMBOLS)
+    counts = per_chunk.sum(axis=0)
     bound = math.ceil(entropy_bits(counts))
     present = np.flatnonzero(counts)
     if present.size == 1:
@@ -167,7 +168,8 @@ def _encode_symbols(symbols: np.ndarray, bits: int,
         record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
         states = rans.header_bytes(CHUNK_SYMBOLS) * len(slices)
         if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
-            jobs = (functools.partial(_encode_chunk, symbols[s], bits, table) for s in slices)
+            jobs = (functools.partial(_encode_chunk, symbols[s], per_chunk[k], bits, table)
+                    for k, s in enumerate(slices))
             return record, _drop_unused_table(record, ordered_map(pool, jobs))
     jobs = (functools.partial(_raw_chunk, symbols[s], bits) for s in slices)
     return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), ordered_map(pool, jobs)

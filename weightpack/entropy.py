@@ -47,6 +47,23 @@ def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray) -> None:
+    for k in range(counts.shape[0]):
+        _count(symbols[k * chunk:(k + 1) * chunk], counts[k])
+
+
+def chunk_histograms(symbols: np.ndarray, width: int, chunk: int) -> np.ndarray:
+    """``histogram`` of each run of ``chunk`` symbols (the last may be shorter), one row each.
+
+    A plane coder needs both the plane's counts (for its table) and each chunk's (for the chunk's
+    mode): their rows sum to the plane's, so the symbols are counted once, not twice.
+    """
+    counts = np.zeros((-(-symbols.size // chunk), 1 << width), np.int64)
+    _count_chunks(symbols.ravel(), chunk, counts)
+    return counts
+
+
+@njit(cache=True, nogil=True)
 def entropy_bits(counts: np.ndarray) -> float:
     """Order-0 empirical entropy of the whole plane in bits: the bound a static order-0 coder meets."""
     total = float(counts.sum())
