@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightpack import planes
+from weightpack import bitpack, planes
 
 
 @pytest.mark.parametrize("dtype", ["BF16", "F16"])
@@ -49,3 +49,16 @@ def test_float_planes_pair_the_exponent_with_the_top_mantissa_bits() -> None:
 def test_integer_dtypes_split_into_bytes_most_significant_first() -> None:
     data = np.array([0x0102], "<u2").view(np.uint8)
     assert [int(p[0]) for p in planes.split(data, "I16")] == [0x01, 0x02]
+
+
+@pytest.mark.parametrize("bits", range(1, 8))
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
+def test_raw_planes_are_stored_at_their_width_lsb_first(bits: int, n: int) -> None:
+    symbols = np.random.default_rng(bits * 7919 + n).integers(0, 1 << bits, n).astype(np.uint8)
+    stored = bitpack.pack(symbols, bits)
+    as_bits = np.unpackbits(symbols[:, None], axis=1, bitorder="little")[:, :bits].ravel()
+    assert stored == np.packbits(as_bits, bitorder="little").tobytes()  # symbol i at bits i*width..
+    back = np.empty(n, np.uint8)
+    assert bitpack.unpack_into(np.frombuffer(stored, np.uint8), bits, back)
+    assert np.array_equal(back, symbols)
+    assert not bitpack.unpack_into(np.frombuffer(stored + b"\0", np.uint8), bits, back)  # wrong length
