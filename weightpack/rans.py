@@ -151,34 +151,97 @@ def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndar
         if x < STATE_LOW or x >= (np.int64(1) << STATE_BITS):
             return False
         states[lane] = x
-    # Indices are unsigned from here on: numba then skips its negative-index wraparound (+24% here).
     words = stream.view(np.uint16)  # the whole stream as little-endian words (byte order checked at import)
     last = np.uint64(words.size - 1)  # reads are clamped here; p past the end is reported below, never performed
     mask = np.int64((1 << precision) - 1)
-    p, one, width = np.uint64(2 * n_lanes), np.uint64(1), np.uint64(n_lanes)
+    p = np.uint64(2 * n_lanes)
     n_full = np.uint64(out.size - out.size % n_lanes)
-    for base in range(np.uint64(0), n_full, width):
-        for lane in range(width):
-            x = states[lane]
-            e = entries[np.uint64(x & mask)]
-            out[base + lane] = e & 0xFFFF
-            x = (e >> 32) * (x >> precision) + ((e >> 16) & 0xFFFF)
-            w = np.int64(words[min(p, last)])  # loaded whether needed or not: a select, not a branch
-            if x < STATE_LOW:
-                x = (x << 16) | w
-                p += one
-            states[lane] = x
-    for i in range(n_full, np.uint64(out.size)):
+    if n_lanes == WIDE_LANES:
+        p = _decode_wide(states, words, p, last, precision, mask, entries, out, n_full)
+    else:
+        p = _decode_narrow(states, words, p, last, precision, mask, entries, out, n_full)
+    for i in range(n_full, np.uint64(out.size)):  # the last, partial group of lanes
         lane = i - n_full
-        x = states[lane]
-        e = entries[np.uint64(x & mask)]
-        out[i] = e & 0xFFFF
-        x = (e >> 32) * (x >> precision) + ((e >> 16) & 0xFFFF)
-        w = np.int64(words[min(p, last)])
-        if x < STATE_LOW:
-            x = (x << 16) | w
-            p += one
-        states[lane] = x
+        states[lane], p = _renormalise(_symbol(states[lane], precision, mask, entries, out, i), words, p, last)
     if 2 * p != np.uint64(nbytes):
         return False
     return (states == STATE_LOW).all()
+
+
+# The decoding loops keep the lanes' states in registers, as named scalars (an array would cost a
+# load and a store per symbol), and take each group of lanes in two passes: first every lane's
+# symbol (independent table lookups, which the CPU overlaps), then every lane's renormalisation in
+# lane order. The stream position is the one serial dependency between lanes; done symbol by
+# symbol, each lane's word read waited on the previous lane's table lookup. 560 against 480 M
+# symbols/s on one core here.
+
+@njit(cache=True, nogil=True)
+def _decode_wide(states: np.ndarray, words: np.ndarray, p: np.uint64, last: np.uint64, precision: int,
+                 mask: np.int64, entries: np.ndarray, out: np.ndarray, n_full: np.uint64) -> np.uint64:
+    """Every whole group of a 16-lane chunk; ``states`` updated, the stream position returned."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = states[0], states[1], states[2], states[3], states[4], states[5], states[6], \
+        states[7]
+    x8, x9, x10, x11 = states[8], states[9], states[10], states[11]
+    x12, x13, x14, x15 = states[12], states[13], states[14], states[15]
+    for i in range(np.uint64(0), n_full, np.uint64(WIDE_LANES)):
+        x0, x1, x2, x3 = _symbols4(x0, x1, x2, x3, precision, mask, entries, out, i)
+        x4, x5, x6, x7 = _symbols4(x4, x5, x6, x7, precision, mask, entries, out, i + np.uint64(4))
+        x8, x9, x10, x11 = _symbols4(x8, x9, x10, x11, precision, mask, entries, out, i + np.uint64(8))
+        x12, x13, x14, x15 = _symbols4(x12, x13, x14, x15, precision, mask, entries, out, i + np.uint64(12))
+        x0, x1, x2, x3, p = _renormalise4(x0, x1, x2, x3, words, p, last)
+        x4, x5, x6, x7, p = _renormalise4(x4, x5, x6, x7, words, p, last)
+        x8, x9, x10, x11, p = _renormalise4(x8, x9, x10, x11, words, p, last)
+        x12, x13, x14, x15, p = _renormalise4(x12, x13, x14, x15, words, p, last)
+    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = \
+        x0, x1, x2, x3, x4, x5, x6, x7
+    states[8], states[9], states[10], states[11], states[12], states[13], states[14], states[15] = \
+        x8, x9, x10, x11, x12, x13, x14, x15
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _decode_narrow(states: np.ndarray, words: np.ndarray, p: np.uint64, last: np.uint64, precision: int,
+                   mask: np.int64, entries: np.ndarray, out: np.ndarray, n_full: np.uint64) -> np.uint64:
+    """``_decode_wide`` for a 4-lane chunk."""
+    x0, x1, x2, x3 = states[0], states[1], states[2], states[3]
+    for i in range(np.uint64(0), n_full, np.uint64(NARROW_LANES)):
+        x0, x1, x2, x3 = _symbols4(x0, x1, x2, x3, precision, mask, entries, out, i)
+        x0, x1, x2, x3, p = _renormalise4(x0, x1, x2, x3, words, p, last)
+    states[0], states[1], states[2], states[3] = x0, x1, x2, x3
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _symbol(x: np.int64, precision: int, mask: np.int64, entries: np.ndarray, out: np.ndarray,
+            i: np.uint64) -> np.int64:
+    """Write the symbol state ``x`` holds to ``out[i]``; return the state before renormalisation."""
+    e = entries[np.uint64(x & mask)]
+    out[i] = e & 0xFFFF
+    return (e >> 32) * (x >> precision) + ((e >> 16) & 0xFFFF)
+
+
+@njit(cache=True, nogil=True)
+def _renormalise(x: np.int64, words: np.ndarray, p: np.uint64, last: np.uint64) -> tuple:
+    """``(x, p)`` after taking the next word into ``x`` if it fell below L."""
+    w = np.int64(words[min(p, last)])  # loaded whether needed or not: a select, not a branch
+    if x < STATE_LOW:
+        return (x << 16) | w, p + np.uint64(1)
+    return x, p
+
+
+@njit(cache=True, nogil=True)
+def _symbols4(x0: np.int64, x1: np.int64, x2: np.int64, x3: np.int64, precision: int, mask: np.int64,
+              entries: np.ndarray, out: np.ndarray, i: np.uint64) -> tuple:
+    return (_symbol(x0, precision, mask, entries, out, i), _symbol(x1, precision, mask, entries, out, i + np.uint64(1)),
+            _symbol(x2, precision, mask, entries, out, i + np.uint64(2)),
+            _symbol(x3, precision, mask, entries, out, i + np.uint64(3)))
+
+
+@njit(cache=True, nogil=True)
+def _renormalise4(x0: np.int64, x1: np.int64, x2: np.int64, x3: np.int64, words: np.ndarray, p: np.uint64,
+                  last: np.uint64) -> tuple:
+    x0, p = _renormalise(x0, words, p, last)
+    x1, p = _renormalise(x1, words, p, last)
+    x2, p = _renormalise(x2, words, p, last)
+    x3, p = _renormalise(x3, words, p, last)
+    return x0, x1, x2, x3, p
