@@ -48,6 +48,7 @@ from .wpkfile import dedup_keys
 MODELS_IN_FLIGHT = 32  # models whose tasks are queued on the cluster at once (this process waits on each)
 TASK_RETRIES = 3  # runs of a task whose worker or node dies before its model fails
 POLL_SECONDS = 0.2  # how often a waiting model looks for a cancellation request
+CANCEL_GRACE_SECONDS = 10.0  # how long a task asked to stop may take before its worker is killed
 CONNECT_SECONDS = 5.0  # a cluster address that does not answer this fast is reported unreachable
 T = TypeVar("T")
 
@@ -333,9 +334,22 @@ class _Cluster:
             raise WeightpackError(f"a task was lost: {type(exc).__name__}: {_first_line(exc)}") from None
 
     def _cancel(self, tasks: list[Any]) -> None:
-        for task in tasks:
-            self.ray.cancel(task, force=True)  # no-op for a finished task
-        self.ray.wait(tasks, num_returns=len(tasks), fetch_local=False)
+        """Stop the tasks still running and wait until every one has ended.
+
+        They are asked first (a KeyboardInterrupt in the task, which unwinds it within a stripe);
+        only those still running after ``CANCEL_GRACE_SECONDS`` are force-killed. Force-cancelling
+        at once crashed the driver: a task whose result was already on its way was failed by the
+        cancellation, then completed by its reply (ray 2.60 aborts on a CHECK in
+        ``TaskManager::CompletePendingTask``; seen in this suite's cluster tests).
+        """
+        ray = self.ray
+        for force, grace in ((False, CANCEL_GRACE_SECONDS), (True, None)):
+            _, running = ray.wait(tasks, num_returns=len(tasks), timeout=0, fetch_local=False) if tasks else ([], [])
+            if not running:
+                return
+            for task in running:
+                ray.cancel(task, force=force)
+            ray.wait(running, num_returns=len(running), timeout=grace, fetch_local=False)
 
 
 def _first_line(exc: BaseException) -> str:
