@@ -1,7 +1,7 @@
 """Tools to damage archives on purpose: shared by the hostile-input tests and tools/fuzz.py.
 
 ``rebuild`` re-serialises an edited index with fresh, valid checksums, so that a mutation reaches
-the validation and decoding code behind the checksums instead of stopping at the first CRC.
+the validation and decoding code behind the checksums instead of stopping at the first checksum.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import copy
 import io
 import os
 import random
-import zlib
 from pathlib import Path
 
 import weightpack
 from weightpack import minilm
+from weightpack.checksum import chunk_checksum
 from weightpack.container import PREAMBLE, Index, read_index, write_index
 from weightpack.errors import WeightpackError
 from weightpack.safetensors_layout import write
@@ -42,15 +42,15 @@ def parse(archive: bytes) -> tuple[bytes, Index]:
     return archive[PREAMBLE.size:end], index
 
 
-def rebuild(head: bytes, payload: bytes, index: Index, fix_crcs: bool = True) -> bytes:
-    """An archive from a preamble, payload and index; chunk CRCs recomputed from the payload if asked."""
-    if fix_crcs:
+def rebuild(head: bytes, payload: bytes, index: Index, fix_checksums: bool = True) -> bytes:
+    """An archive from a preamble, payload and index; chunk checksums recomputed from the payload if asked."""
+    if fix_checksums:
         for seg in index.segments:
             for plane in seg.planes:
                 for c in plane.chunks:
                     lo, hi = c.offset - PREAMBLE.size, c.offset - PREAMBLE.size + c.size
                     if 0 <= lo <= hi <= len(payload):
-                        c.crc32 = zlib.crc32(payload[lo:hi])
+                        c.checksum = chunk_checksum(payload[lo:hi])
     out = io.BytesIO()
     out.write(head[:PREAMBLE.size])
     out.write(payload)
@@ -63,7 +63,7 @@ def _chunks(index: Index) -> list:
 
 
 def mutate(archive: bytes, rng: random.Random) -> bytes:
-    """One random damage: raw bit flips, truncation, garbage, or a field or payload edit behind valid CRCs."""
+    """One random damage: raw bit flips, truncation, garbage, or a field or payload edit behind valid checksums."""
     payload, index = parse(archive)
     index = copy.deepcopy(index)
     kind = rng.randrange(9)
@@ -76,7 +76,7 @@ def mutate(archive: bytes, rng: random.Random) -> bytes:
         return archive[:rng.randrange(len(archive))]
     if kind == 2:
         return archive + os.urandom(rng.randint(1, 64))
-    if kind in (3, 4):  # damage a payload chunk, with its CRC fixed: the decoder sees the garbage
+    if kind in (3, 4):  # damage a payload chunk, with its checksum fixed: the decoder sees the garbage
         data = bytearray(payload)
         chunks = _chunks(index)
         if chunks and payload:

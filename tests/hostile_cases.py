@@ -55,7 +55,7 @@ def _flip_payload(index: Index, data: bytearray) -> None:
 
 def _raw_plane_flip(index: Index, data: bytearray) -> None:
     c = next(p for p in _tensor(index, "F32").planes if p.codec == 0).chunks[0]
-    data[c.offset - PREAMBLE.size] ^= 0x01  # valid CRC, valid codec: only the sha256 can tell
+    data[c.offset - PREAMBLE.size] ^= 0x01  # valid checksum, valid codec: only the sha256 can tell
 
 
 def _overlap(index: Index, data: bytearray) -> None:
@@ -73,8 +73,8 @@ ARCHIVE_CASES: list[tuple[str, ArchiveEdit, str]] = [
     ("empty file", lambda a: b"", "bad magic"),
     ("random bytes", lambda a: bytes(range(256)) * 4, "bad magic"),
     ("wrong magic", lambda a: b"PK\x03\x04" + a[4:], "bad magic"),
-    ("unknown version 3", lambda a: _set_version(a, 3), "unsupported format version 3"),
-    ("older version 1", lambda a: _set_version(a, 1), "unsupported format version 1"),
+    ("unknown version 4", lambda a: _set_version(a, 4), "unsupported format version 4"),
+    ("older version 2", lambda a: _set_version(a, 2), "unsupported format version 2"),
     ("unknown flag set", lambda a: a[:10] + b"\x01\x00" + a[12:], "unsupported format flags"),
     ("truncated in the payload", lambda a: a[: len(a) // 2], "footer not found"),
     ("truncated in the footer", lambda a: a[:-5], "footer not found"),
@@ -82,8 +82,8 @@ ARCHIVE_CASES: list[tuple[str, ArchiveEdit, str]] = [
     ("index byte flipped", lambda a: a[:-60] + bytes([a[-60] ^ 0xFF]) + a[-59:], "checksum mismatch"),
     ("footer field flipped", lambda a: a[:-30] + bytes([a[-30] ^ 1]) + a[-29:], "footer checksum mismatch"),
     ("payload byte flipped", lambda a: a[:40] + bytes([a[40] ^ 1]) + a[41:], "checksum mismatch in chunk"),
-    ("rANS stream garbled behind a valid CRC", _edit_index(_flip_payload), "rANS chunk"),
-    ("raw plane altered behind a valid CRC", _edit_index(_raw_plane_flip), "does not match its recorded checksum"),
+    ("rANS stream garbled behind a valid checksum", _edit_index(_flip_payload), "rANS chunk"),
+    ("raw plane altered behind a valid checksum", _edit_index(_raw_plane_flip), "does not match its recorded checksum"),
     ("stripe checksum altered", _edit_index(lambda i, d: _set(_tensor(i), hashes=[h ^ 1 for h in _tensor(i).hashes])),
      "does not match its recorded checksum"),
     ("stripe size 0", _edit_index(lambda i, d: _set(_tensor(i), stripe=0)), "invalid stripe size"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 import zstandard
 
 from . import bitpack, rans
+from .checksum import chunk_checksum
 from .container import (
     CHUNK_OWN,
     CHUNK_PLANE,
@@ -58,15 +58,15 @@ MIN_CODING_GAIN = 0.01
 
 @dataclass
 class EncodedChunk:
-    """A coded chunk and its CRC-32, computed where it was coded (a worker thread), not by the writer."""
+    """A coded chunk and its checksum, computed where it was coded (a worker thread), not by the writer."""
 
     payload: bytes
     mode: int = CHUNK_PLANE
     table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN), stored in the index
-    crc32: int = field(init=False)
+    checksum: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.crc32 = zlib.crc32(self.payload)
+        self.checksum = chunk_checksum(self.payload)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -208,7 +208,7 @@ class PlaneDecoder:
     """Decodes one plane chunk by chunk, so that memory stays bounded whatever size a plane claims.
 
     Everything about the plane is validated here, before any chunk reaches the rANS kernel: the
-    tables, the constant, and (per chunk) the CRC and the size the chunk's mode implies. Chunks
+    tables, the constant, and (per chunk) the checksum and the size the chunk's mode implies. Chunks
     decode into a buffer the caller gives (a worker's reused scratch), so the hot path allocates
     nothing but what the decoder tables of chunks with their own table need.
     """
@@ -252,7 +252,7 @@ class PlaneDecoder:
             return
         info = self.plane.chunks[k]
         data = read(info.offset, info.size)
-        if zlib.crc32(data) != info.crc32:
+        if chunk_checksum(data) != info.checksum:
             raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
         if self.plane.codec == CODEC_ZSTD:
             out[:] = np.frombuffer(unzstd(data, out.size, f"{self.where}: zstd chunk"), np.uint8)

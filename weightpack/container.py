@@ -21,10 +21,10 @@ from .planes import itemsize, layout
 
 MAGIC = b"\x89WPK\r\n\x1a\n"
 FOOTER_MAGIC = b"WPKINDEX"
-VERSION = 2
+VERSION = 3
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, reserved
 FOOTER = struct.Struct("<QQQII8s")  # index offset, stored length, raw length, index crc32, footer crc32, magic
-CHUNK = struct.Struct("<QIIB")  # offset, stored size, crc32, mode
+CHUNK = struct.Struct("<QIIB")  # offset, stored size, checksum (checksum.chunk_checksum), mode
 
 CODEC_RAW, CODEC_CONST, CODEC_RANS, CODEC_ZSTD = 0, 1, 2, 3
 # How a chunk of a rANS plane is stored: with the plane's table, with its own table, or raw (bit-packed).
@@ -52,7 +52,7 @@ INDEX_ZSTD_LEVEL = 15  # 19 saves ~0.001% of the archive (MiniLM) for 2-3x the t
 class Chunk:
     offset: int
     size: int
-    crc32: int
+    checksum: int  # checksum.chunk_checksum of the stored bytes
     mode: int = CHUNK_PLANE
     table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN)
 
@@ -128,7 +128,7 @@ def write_preamble(out: BinaryIO) -> None:
 def _plane_bytes(plane: PlaneRecord) -> bytes:
     head = struct.pack("<BBBQII", plane.codec, plane.transform, plane.bits, plane.bound_bits, plane.chunk_symbols,
                        len(plane.params))
-    chunks = b"".join(CHUNK.pack(c.offset, c.size, c.crc32, c.mode)
+    chunks = b"".join(CHUNK.pack(c.offset, c.size, c.checksum, c.mode)
                       + (struct.pack("<H", len(c.table)) + c.table if c.mode == CHUNK_OWN else b"")
                       for c in plane.chunks)
     return head + plane.params + struct.pack("<I", len(plane.chunks)) + chunks

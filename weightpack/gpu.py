@@ -12,9 +12,9 @@ bytes are read into a pinned buffer and copied on a CUDA stream; while the GPU d
 batch is read and copied, and the batch before is checked and its buffers released: memory holds
 two batches whatever the archive's size.
 
-The chunks' CRC-32 (of their stored bytes) are not checked on this path: each decoded byte is
-checked by its stripe's XXH64 on the GPU, which catches damage to stored bytes too, whereas CRCs
-would be a serial pass over the archive on the CPU. The decoder kernels are memory-safe on any bytes
+The chunks' checksums (of their stored bytes) are not checked on this path: each decoded byte is
+checked by its stripe's XXH64 on the GPU, which catches damage to stored bytes too, whereas chunk
+checksums would be a pass over the archive on the CPU. The decoder kernels are memory-safe on any bytes
 (see ``rans_cuda``), so damage is reported, never acted on.
 
 numba.cuda is imported only here, and this module only when ``device="cuda"`` is asked for.

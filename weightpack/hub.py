@@ -170,7 +170,7 @@ class RepoFiles:
     temporary file (a stripe's chunks are contiguous, in file order). Where that cannot be done (the
     file is cached already, the server ignores ranges, the download's temporary file is not found,
     the archive refers to a sibling), the archive is decoded once downloaded. What is streamed is
-    checked like anything else: every chunk's CRC-32 and every stripe's XXH64.
+    checked like anything else: every chunk's checksum and every stripe's XXH64.
     """
 
     FIND_PARTIAL_S = 10.0  # how long to look for the download's temporary file before decoding after it

@@ -8,7 +8,7 @@ Only the tensors (and, for ``get_slice``, only the chunks) asked for are decoded
   patterns: BF16 as ``uint16``, F8_E4M3 / F8_E5M2 / F8_E8M0 as ``uint8`` (lossless; for BF16,
   ``(a.astype(np.uint32) << 16).view(np.float32)`` gives the exact float32 values).
 
-Each chunk's CRC32 is checked as it is decoded. A full ``load_file`` also checks the sha256 of the
+Each chunk's checksum is checked as it is decoded. A full ``load_file`` also checks the sha256 of the
 whole original file only when every tensor is read through ``weightpack.verify``; use that for audits.
 """
 

@@ -253,7 +253,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
         for stripe in zip_longest(*(chunks for _, chunks in coded)):  # constant planes have no chunks
             for record, c in zip(seg.planes, stripe):
                 if c is not None:
-                    record.chunks.append(Chunk(offset, len(c.payload), c.crc32, c.mode, c.table))
+                    record.chunks.append(Chunk(offset, len(c.payload), c.checksum, c.mode, c.table))
                     out.write(c.payload)
                     offset += len(c.payload)
         if offset - written_back >= WRITEBACK_BYTES:  # start the disk write early: the final fsync then waits less
