@@ -6,7 +6,6 @@ coder can shrink costs exactly its width. 8- and 16-bit planes are plain little-
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit
 
@@ -30,69 +29,41 @@ def _pack(symbols: np.ndarray, bits: int, out: np.ndarray) -> None:
         out[pos] = acc & 0xFF
 
 
-@njit(cache=True, nogil=True)
-def _pack_groups_of(symbols: np.ndarray, bits: int, out: np.ndarray) -> int:
-    """Widths up to 7: every 8 symbols fill exactly ``bits`` bytes, written as one word. ``bits`` is
-    a literal: each width is compiled apart, its shifts constants that LLVM vectorises."""
-    numba.literally(bits)
-    groups = symbols.size // 8
-    for g in range(groups):
-        word = np.uint64(0)
-        for j in range(8):
-            word |= np.uint64(symbols[g * 8 + j]) << np.uint64(j * bits)
-        for k in range(bits):
-            out[g * bits + k] = (word >> np.uint64(8 * k)) & np.uint64(0xFF)
-    return groups * 8
+def _group_kernels(bits: int) -> tuple:
+    """The fast loops for widths up to 7, where every 8 symbols fill exactly ``bits`` bytes, moved as
+    one word: ``pack(symbols, out)`` and ``unpack(data, out)``, each returning how many symbols it did.
 
-
-@njit(cache=True, nogil=True)
-def _pack_groups(symbols: np.ndarray, bits: int, out: np.ndarray) -> int:
-    if bits == 1:
-        return _pack_groups_of(symbols, 1, out)
-    if bits == 2:
-        return _pack_groups_of(symbols, 2, out)
-    if bits == 3:
-        return _pack_groups_of(symbols, 3, out)
-    if bits == 4:
-        return _pack_groups_of(symbols, 4, out)
-    if bits == 5:
-        return _pack_groups_of(symbols, 5, out)
-    if bits == 6:
-        return _pack_groups_of(symbols, 6, out)
-    return _pack_groups_of(symbols, 7, out)
-
-
-@njit(cache=True, nogil=True)
-def _unpack_groups_of(data: np.ndarray, bits: int, out: np.ndarray) -> int:
-    """Widths up to 7: every 8 symbols fill exactly ``bits`` bytes, read as one word. ``bits`` is a
-    literal, as in ``_pack_groups_of`` (2x faster here than one loop for every width)."""
-    numba.literally(bits)
+    ``bits`` is a constant of the closure, so each width is compiled apart (and only once used),
+    with constant shifts that LLVM vectorises: 2x faster here than one loop for every width.
+    """
     mask = np.uint64((1 << bits) - 1)
-    groups = out.size // 8
-    for g in range(groups):
-        word = np.uint64(0)
-        for k in range(bits):
-            word |= np.uint64(data[g * bits + k]) << np.uint64(8 * k)
-        for j in range(8):
-            out[g * 8 + j] = (word >> np.uint64(j * bits)) & mask
-    return groups * 8
+
+    @njit(cache=True, nogil=True)
+    def pack(symbols: np.ndarray, out: np.ndarray) -> int:
+        groups = symbols.size // 8
+        for g in range(groups):
+            word = np.uint64(0)
+            for j in range(8):
+                word |= np.uint64(symbols[g * 8 + j]) << np.uint64(j * bits)
+            for k in range(bits):
+                out[g * bits + k] = (word >> np.uint64(8 * k)) & np.uint64(0xFF)
+        return groups * 8
+
+    @njit(cache=True, nogil=True)
+    def unpack(data: np.ndarray, out: np.ndarray) -> int:
+        groups = out.size // 8
+        for g in range(groups):
+            word = np.uint64(0)
+            for k in range(bits):
+                word |= np.uint64(data[g * bits + k]) << np.uint64(8 * k)
+            for j in range(8):
+                out[g * 8 + j] = (word >> np.uint64(j * bits)) & mask
+        return groups * 8
+
+    return pack, unpack
 
 
-@njit(cache=True, nogil=True)
-def _unpack_groups(data: np.ndarray, bits: int, out: np.ndarray) -> int:
-    if bits == 1:
-        return _unpack_groups_of(data, 1, out)
-    if bits == 2:
-        return _unpack_groups_of(data, 2, out)
-    if bits == 3:
-        return _unpack_groups_of(data, 3, out)
-    if bits == 4:
-        return _unpack_groups_of(data, 4, out)
-    if bits == 5:
-        return _unpack_groups_of(data, 5, out)
-    if bits == 6:
-        return _unpack_groups_of(data, 6, out)
-    return _unpack_groups_of(data, 7, out)
+_GROUPS = {bits: _group_kernels(bits) for bits in range(1, 8)}
 
 
 @njit(cache=True, nogil=True)
@@ -117,7 +88,7 @@ def pack(symbols: np.ndarray, bits: int) -> bytes:
     if bits in (8, 16):
         return symbols.astype(symbols.dtype.newbyteorder("<"), copy=False).tobytes()
     out = np.zeros(packed_size(symbols.size, bits), np.uint8)
-    done = _pack_groups(symbols, bits, out) if bits < 8 else 0
+    done = _GROUPS[bits][0](symbols, out) if bits < 8 else 0
     _pack(symbols[done:], bits, out[done * bits // 8:])
     return out.tobytes()
 
@@ -130,5 +101,5 @@ def unpack_into(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
     if bits in (8, 16):
         out[:] = data.view(out.dtype.newbyteorder("<"))
         return True
-    done = _unpack_groups(data, bits, out) if bits < 8 else 0
+    done = _GROUPS[bits][1](data, out) if bits < 8 else 0
     return _unpack(data[done * bits // 8:], bits, out[done:])
