@@ -7,7 +7,8 @@ coder can shrink costs exactly its width. 8- and 16-bit planes are plain little-
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .jit import njit
 
 
 def packed_size(n: int, bits: int) -> int:

@@ -17,8 +17,8 @@ an index whose segments were reordered restores every stripe intact, but not whe
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
-from numba.core.extending import register_jitable
+
+from .jit import njit, register_jitable
 
 P1 = np.uint64(0x9E3779B185EBCA87)
 P2 = np.uint64(0xC2B2AE3D27D4EB4F)

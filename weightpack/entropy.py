@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from . import rans
 from .errors import FormatError
+from .jit import njit
 
 
 @njit(cache=True, nogil=True)

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from .errors import FormatError
+from .jit import njit
 
 # dtype -> (itemsize, exponent bits, mantissa bits); exponent bits 0 means "split into bytes".
 DTYPES: dict[str, tuple[int, int, int]] = {

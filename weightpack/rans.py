@@ -41,7 +41,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from numba import njit
+
+from .jit import njit
 
 if sys.byteorder != "little":  # the decoder reads the stream's words in native order
     raise ImportError("weightpack's rANS decoder needs a little-endian machine")
@@ -165,7 +166,10 @@ def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndar
         states[lane], p = _renormalise(_symbol(states[lane], precision, mask, entries, out, i), words, p, last)
     if 2 * p != np.uint64(nbytes):
         return False
-    return (states == STATE_LOW).all()
+    for lane in range(n_lanes):  # noqa: SIM110 - a loop, not ``.all()``: see ``jit`` on start-up
+        if states[lane] != STATE_LOW:
+            return False
+    return True
 
 
 # The decoding loops keep the lanes' states in registers, as named scalars (an array would cost a
