@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,8 @@ def classic_bound(path: Path) -> float:
     """The order-0 limit of the issue: per tensor, the empirical entropy of the classic planes
     (exponent | sign + top mantissa bits | mantissa bytes; bytes for integers), as a share of the file,
     non-tensor bytes counted at their original size."""
+    from weightpack.dtypes import DTYPES
     from weightpack.entropy import entropy_bits
-    from weightpack.planes import DTYPES
 
     layout = read_layout(path)
     raw = path.read_bytes()
@@ -132,21 +133,26 @@ def bench_zipnn(original: bytes, dtype: str, threads: int, repeat: int) -> dict:
 
 
 def bench_startup(tmp: Path) -> dict:
-    """Wall time of ``weightpack unpack`` of a small file in a fresh process: with an empty numba cache
-    (every kernel compiled), then with the cache it left (what every later run sees), then the import alone."""
+    """Wall time of short commands on a 128 KiB file, each in a fresh process: ``weightpack unpack`` with
+    an empty numba cache (every kernel compiled), then with the cache it left (what every later run
+    sees), ``weightpack info``, the import alone, and lmz decompressing the same file with its CLI."""
     small = tmp / "small.safetensors"
     write(small, {"w": ("BF16", (256, 256), minilm.to_bf16(np.linspace(-1, 1, 65536, dtype=np.float32)).tobytes())})
     packed = weightpack.pack(small, tmp / "small.wpk", overwrite=True)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp / "numba-cache"))
+    weightpack_cli = [sys.executable, "-m", "weightpack"]
+    commands = [("unpack, cold (compiling)", [*weightpack_cli, "unpack", str(packed), "-o", str(tmp / "o1"), "-q"]),
+                ("unpack, cached", [*weightpack_cli, "unpack", str(packed), "-o", str(tmp / "o2"), "-q"]),
+                ("info", [*weightpack_cli, "info", str(packed), "-q"]),
+                ("python + import only", [sys.executable, "-c", "import weightpack.cli"])]
+    if shutil.which("lmz"):
+        subprocess.run(["lmz", "compress", str(small), str(tmp / "small.lmz"), "-q", "-f"], check=True)
+        commands.append(("lmz decompress (CLI)", ["lmz", "decompress", str(tmp / "small.lmz"), str(tmp / "o3"), "-q"]))
     times = {}
-    for label, args in (("cold (compiling)", ["unpack", str(packed), "-o", str(tmp / "o1"), "-q"]),
-                        ("cached", ["unpack", str(packed), "-o", str(tmp / "o2"), "-q"])):
+    for label, command in commands:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "weightpack", *args], env=env, check=True)
+        subprocess.run(command, env=env, check=True)
         times[label] = time.perf_counter() - start
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import weightpack.cli"], env=env, check=True)
-    times["python + import only"] = time.perf_counter() - start
     return times
 
 
@@ -203,9 +209,9 @@ def main() -> None:
                       f"{r['decode_MBps']:11.0f} | {'yes' if r['lossless'] else 'NO'} | {extra} |")
             print()
         results["startup_seconds"] = startup = bench_startup(tmp)
-    print("start-up, `weightpack unpack` of a 128 KiB file in a fresh process:")
+    print("start-up, short commands on a 128 KiB file, each in a fresh process:")
     for label, secs in startup.items():
-        print(f"  {label:<22} {secs:.2f} s")
+        print(f"  {label:<26} {secs:.2f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

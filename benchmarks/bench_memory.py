@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from tools.make_large_checkpoint import plan, write
-    from weightpack.planes import itemsize
+    from weightpack.dtypes import itemsize
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         src, wpk, back = Path(tmp) / "big.safetensors", Path(tmp) / "big.wpk", Path(tmp) / "back.safetensors"

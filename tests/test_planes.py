@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightpack import bitpack, planes
+from weightpack import bitpack, dtypes, planes
 
 
 @pytest.mark.parametrize("dtype", ["BF16", "F16"])
@@ -22,26 +22,26 @@ def test_every_8_bit_pattern_survives_split_and_merge(dtype: str) -> None:
     assert planes.merge(planes.split(data, dtype), dtype).tobytes() == data.tobytes()
 
 
-@pytest.mark.parametrize("dtype", sorted(planes.DTYPES))
+@pytest.mark.parametrize("dtype", sorted(dtypes.DTYPES))
 @settings(deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300))
 def test_random_words_of_every_dtype_survive(dtype: str, seed: int, n: int) -> None:
-    size = planes.itemsize(dtype)
+    size = dtypes.itemsize(dtype)
     data = np.random.default_rng(seed).integers(0, 256, n * size, dtype=np.uint8)
     split = planes.split(data, dtype)
-    for plane, spec in zip(split, planes.layout(dtype)):
+    for plane, spec in zip(split, dtypes.layout(dtype)):
         assert plane.dtype == spec.symbol_dtype and plane.size == n
         assert n == 0 or int(plane.max()) < 1 << spec.bits
     assert planes.merge(split, dtype).tobytes() == data.tobytes()
 
 
 def test_float_planes_pair_the_exponent_with_the_top_mantissa_bits() -> None:
-    assert [(p.name, p.bits) for p in planes.layout("BF16")] == [("exponent_top", 10), ("sign_mantissa", 6)]
-    assert [(p.name, p.bits) for p in planes.layout("F16")] == [
+    assert [(p.name, p.bits) for p in dtypes.layout("BF16")] == [("exponent_top", 10), ("sign_mantissa", 6)]
+    assert [(p.name, p.bits) for p in dtypes.layout("F16")] == [
         ("exponent_top", 7), ("sign_mantissa", 1), ("mantissa_0", 8)]
-    assert [p.bits for p in planes.layout("F32")] == [10, 6, 8, 8]
-    assert [p.bits for p in planes.layout("F64")] == [13, 3, 8, 8, 8, 8, 8, 8]
-    assert [p.bits for p in planes.layout("F8_E4M3")] == [6, 2]
+    assert [p.bits for p in dtypes.layout("F32")] == [10, 6, 8, 8]
+    assert [p.bits for p in dtypes.layout("F64")] == [13, 3, 8, 8, 8, 8, 8, 8]
+    assert [p.bits for p in dtypes.layout("F8_E4M3")] == [6, 2]
     value = np.array([-1.75], "<f4").view(np.uint8)  # sign 1, exponent 127, mantissa 0b11 then zeros
     assert [int(p[0]) for p in planes.split(value, "F32")] == [127 << 2 | 0b11, 1 << 5, 0, 0]
 

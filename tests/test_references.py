@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
-from weightpack import minilm, planes
+from weightpack import dtypes, minilm
 from weightpack.cli import main
 from weightpack.errors import WeightpackError
 from weightpack.safetensors_layout import write
@@ -59,11 +59,11 @@ def test_the_base_may_be_given_packed(finetuned: Path, minilm_dirs: dict[str, Pa
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dtype=st.sampled_from(sorted(planes.DTYPES)), n=st.integers(0, 3000), seed=st.integers(0, 2**32 - 1),
+@given(dtype=st.sampled_from(sorted(dtypes.DTYPES)), n=st.integers(0, 3000), seed=st.integers(0, 2**32 - 1),
        changed=st.floats(0, 1))
 def test_deltas_of_any_dtype_round_trip(tmp_path: Path, dtype: str, n: int, seed: int, changed: float) -> None:
     rng = np.random.default_rng(seed)
-    size = planes.itemsize(dtype)
+    size = dtypes.itemsize(dtype)
     base = rng.integers(0, 256, n * size, dtype=np.uint8)
     tuned = base.copy()
     flip = rng.random(n * size) < changed * 0.1  # some bytes changed, carries and sign flips included

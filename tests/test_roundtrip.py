@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
-from weightpack import minilm, planes
+from weightpack import dtypes, minilm
 from weightpack.safetensors_layout import write
 
 from .conftest import sha256_tree
@@ -83,9 +83,9 @@ def checkpoints(draw: st.DrawFn) -> tuple[dict, dict | None]:
     n = draw(st.integers(0, 5))
     tensors = {}
     for k in range(n):
-        dtype = draw(st.sampled_from(sorted(planes.DTYPES)))
+        dtype = draw(st.sampled_from(sorted(dtypes.DTYPES)))
         shape = draw(shapes)
-        size = math.prod(shape) * planes.itemsize(dtype)
+        size = math.prod(shape) * dtypes.itemsize(dtype)
         kind = draw(st.sampled_from(["random", "constant", "normal"]))
         rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
         if kind == "random":

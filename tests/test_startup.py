@@ -25,3 +25,8 @@ def test_unpacking_with_a_warm_cache_loads_no_compiler(bf16_wpk: Path, tmp_path:
     loaded = loaded_after("unpack", str(bf16_wpk), "-o", str(tmp_path / "second.safetensors"), "-q")
     assert "weightpack.rans" in loaded and not loaded & set(COMPILER_ONLY)
     assert (tmp_path / "second.safetensors").stat().st_size > 0
+
+
+def test_info_reads_the_index_without_loading_numba(bf16_wpk: Path) -> None:
+    loaded = loaded_after("info", str(bf16_wpk), "-q")
+    assert "weightpack.describe" in loaded and "numba" not in loaded

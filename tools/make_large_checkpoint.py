@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from weightpack.dtypes import itemsize
 from weightpack.minilm import convert
-from weightpack.planes import itemsize
 
 ROWS_PER_SLICE = 1024
 

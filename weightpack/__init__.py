@@ -16,7 +16,7 @@ import importlib
 from .errors import FormatError, IntegrityError, OutputExistsError, WeightpackError
 
 __version__ = "0.1.0"
-_LAZY = {"pack": "api", "unpack": "api", "verify": "api", "info": "api", "safe_open": "loading",
+_LAZY = {"pack": "api", "unpack": "api", "verify": "api", "info": "describe", "safe_open": "loading",
          "load_file": "loading", "load_folder": "loading", "from_pretrained": "models", "hub": None,
          "cluster": None}
 __all__ = ["FormatError", "IntegrityError", "OutputExistsError", "WeightpackError", "__version__", *_LAZY]

@@ -26,7 +26,6 @@ import hashlib
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -37,24 +36,10 @@ from typing import Protocol
 from . import manifest
 from .atomic import atomic_output
 from .container import (
-    CHUNK_MODE_NAMES,
-    CHUNK_RAW,
-    CODEC_NAMES,
-    CODEC_RANS,
-    CODEC_RAW,
-    KIND_TENSOR,
-    REF_COPY,
-    REF_NONE,
-    SELF,
-    SOURCE_BASE,
-    TRANSFORM_NAMES,
     Index,
-    PlaneRecord,
-    Segment,
 )
-from .errors import WeightpackError, about
-from .paths import MANIFEST, SAFETENSORS, WPK, destination, walk
-from .planes import layout
+from .errors import CANCEL, WeightpackError, about
+from .paths import MANIFEST, SAFETENSORS, WPK, destination, existing, walk
 from .sources import BaseSet, Dedup
 from .wpkfile import ArchiveReader, pack_stream, warm_up_decoder
 
@@ -73,10 +58,6 @@ def workers(threads: int | None, base: str | os.PathLike | None = None) -> Itera
             yield pool, base_set
         finally:
             base_set.close()
-
-
-# Set (by the CLI, on Ctrl-C or SIGTERM) to stop the operation at its next step; it then cleans up.
-CANCEL = threading.Event()
 
 
 class Progress:
@@ -123,16 +104,6 @@ def copy_checked(src: Path, dst: Path, expected: str | None = None) -> manifest.
         raise WeightpackError(f"{src}: differs from its recorded sha256 (copied {after[:16]}..., "
                               f"expected {before[:16]}...)")
     return manifest.File(dst.stat().st_size, after)
-
-
-def existing(src: str | os.PathLike) -> Path:
-    """``src`` as a Path, refused with one clear line unless it exists."""
-    src = Path(src)
-    if not (src.exists() or src.is_symlink()):
-        raise WeightpackError(f"{src}: no such file or folder")
-    if not src.exists():
-        raise WeightpackError(f"{src}: dangling symbolic link")
-    return src
 
 
 def pack_archive(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, progress: Callable[[int], None],
@@ -247,13 +218,6 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
     return dst
 
 
-def packed_folder(src: Path) -> manifest.Manifest:
-    """The manifest of a packed folder, checked to list exactly the files the folder holds."""
-    record = manifest.read(src)
-    record.check_listing(src, [f.relative_to(src).as_posix() for f in walk(src)])
-    return record
-
-
 def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
            threads: int | None = None, progress: bool = False, base: str | os.PathLike | None = None,
            sha256: bool = False) -> Path:
@@ -273,7 +237,7 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
                     _bar(reader.index.original_size, progress, "unpack") as bar, atomic_output(dst, overwrite) as tmp:
                 restore_archive(reader, None, tmp, bar.update, sha256)
             return dst
-        restore_folder(packed_folder(src), LocalFolder(src), dst, overwrite=overwrite, pool=pool, base=base_set,
+        restore_folder(manifest.read_packed(src), LocalFolder(src), dst, overwrite=overwrite, pool=pool, base=base_set,
                        progress=progress, sha256=sha256)
     return dst
 
@@ -354,7 +318,7 @@ def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool
     Return ``{"archives": n, "files": m}``, what was checked.
     """
     src = existing(src)
-    record = manifest.Manifest() if src.is_file() else packed_folder(src)
+    record = manifest.Manifest() if src.is_file() else manifest.read_packed(src)
     archives = [src] if src.is_file() else [src / name for name in record.archives]
     with workers(threads, base) as (pool, base_set), \
             _bar(sum(f.stat().st_size for f in archives) + sum(f.size for f in record.files.values()), progress,
@@ -381,82 +345,3 @@ def verify_archive(path: Path, expected: manifest.Archive | None, pool: ThreadPo
     with about(path), ArchiveReader(path, pool, base) as reader:
         _check_archive(reader, expected)
         reader.restore(None, sha256=True)
-
-
-def _describe_reference(seg: Segment, index: Index) -> str:
-    if seg.ref == REF_NONE:
-        return ""
-    where = "this file" if seg.source == SELF else index.sources[seg.source].name
-    kind = "copy of" if seg.ref == REF_COPY else "delta to"
-    origin = "base " if seg.source != SELF and index.sources[seg.source].kind == SOURCE_BASE else ""
-    return f"{kind} {origin}{seg.ref_name!r} in {where}"
-
-
-def info(src: str | os.PathLike) -> dict:
-    """Describe a .wpk, or each archive of a packed folder then its totals, from the indexes alone.
-
-    Per tensor and plane: the codec, bits achieved, and the plane bound: the order-0 empirical
-    entropy of each plane of each tensor, what a static per-tensor coder of weightpack's planes
-    cannot beat. ``bits`` are stored bits per symbol, tables and chunk states included.
-    """
-    src = existing(src)
-    if src.is_file():
-        return _info_file(src)
-    record = packed_folder(src)
-    archives = [_info_file(src / name) for name in record.archives]
-    kept = sum(f.size for f in record.files.values())
-    original = sum(a["original_bytes"] for a in archives) + kept
-    packed = sum(a["packed_bytes"] for a in archives) + kept + (src / MANIFEST).stat().st_size
-    return {"folder": str(src), "archives": archives, "files": len(record.files), "original_bytes": original,
-            "packed_bytes": packed, "ratio": packed / original if original else 0.0}
-
-
-def _info_file(src: Path) -> dict:
-    with workers(1) as (pool, _), open_archive(src, pool) as reader:
-        index = reader.index
-        file_size = src.stat().st_size
-        tensors = _describe_tensors(index)
-    tensor_bytes = sum(t["original_bytes"] for t in tensors)
-    return {
-        "file": str(src), "original_bytes": index.original_size, "packed_bytes": file_size,
-        "ratio": file_size / index.original_size if index.original_size else 0.0,
-        "tensor_bytes": tensor_bytes,
-        "tensor_packed_bytes": sum(t["packed_bytes"] for t in tensors),
-        "tensor_bound_bytes": sum(t["bound_bytes"] for t in tensors),
-        "sha256": index.original_sha256.hex(), "tensors": tensors,
-        "references": [{"kind": "base" if s.kind == SOURCE_BASE else "sibling", "name": s.name,
-                        "sha256": s.sha256.hex()} for s in index.sources],
-    }
-
-
-def _chunk_modes(plane: PlaneRecord) -> dict[str, int]:
-    """How many chunks of a plane use its table, a table of their own, or are stored raw."""
-    return {name: sum(c.mode == mode for c in plane.chunks) for mode, name in CHUNK_MODE_NAMES.items()}
-
-
-def _codec_name(plane: PlaneRecord) -> str:
-    """The codec a plane really uses: a rANS plane whose chunks are all stored raw is raw."""
-    if plane.codec == CODEC_RANS and plane.chunks and all(c.mode == CHUNK_RAW for c in plane.chunks):
-        return CODEC_NAMES[CODEC_RAW]
-    return CODEC_NAMES[plane.codec]
-
-
-def _describe_tensors(index: Index) -> list[dict]:
-    tensors = []
-    for seg in index.segments:
-        if seg.kind != KIND_TENSOR:
-            continue
-        plane_rows = [{
-            "plane": spec.name, "codec": _codec_name(p) + (f"({TRANSFORM_NAMES[p.transform]})"
-                                                          if p.transform else ""),
-            "bits": 8 * p.stored_bytes / seg.count if seg.count else 0.0,
-            "bound_bits": p.bound_bits / seg.count if seg.count else 0.0,
-            "chunks": _chunk_modes(p),
-        } for spec, p in zip(layout(seg.dtype), seg.planes)]
-        tensors.append({
-            "name": seg.name, "dtype": seg.dtype, "shape": list(seg.shape), "original_bytes": seg.length,
-            "packed_bytes": sum(p.stored_bytes for p in seg.planes),
-            "bound_bytes": sum(p.bound_bits for p in seg.planes) / 8, "planes": plane_rows,
-            "reference": _describe_reference(seg, index),
-        })
-    return tensors

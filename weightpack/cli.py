@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import WeightpackError
+from .errors import CANCEL, WeightpackError
 from .paths import tree_size
 
 if TYPE_CHECKING:
@@ -131,9 +131,9 @@ def _modes(chunks: dict[str, int]) -> str:
 
 
 def _info(args: argparse.Namespace) -> dict:
-    from . import api
+    from .describe import info
 
-    report = api.info(args.src)
+    report = info(args.src)
     if args.json or args.quiet:
         return report
     if "folder" not in report:
@@ -284,12 +284,10 @@ def _run_cancellable(args: argparse.Namespace) -> dict:
 
     Python delivers KeyboardInterrupt to the main thread at any instruction, including inside the
     JIT compiler's callbacks, where it can leave a compiler lock held and hang the process. Here
-    the work never sees an asynchronous interrupt: it is asked to stop (``api.CANCEL``), stops at
+    the work never sees an asynchronous interrupt: it is asked to stop (``CANCEL``), stops at
     its next step, removes its temporary output, and only then does the command exit. A second
     Ctrl-C exits at once.
     """
-    from . import api
-
     outcome: dict[str, object] = {}
     done = threading.Event()  # waited on, not Thread.join: an interrupted join can forget its thread
 
@@ -306,7 +304,7 @@ def _run_cancellable(args: argparse.Namespace) -> dict:
         while not done.wait(0.1):
             pass
     except KeyboardInterrupt:
-        api.CANCEL.set()
+        CANCEL.set()
         try:
             while not done.wait(0.1):
                 pass
@@ -315,7 +313,7 @@ def _run_cancellable(args: argparse.Namespace) -> dict:
         if "error" not in outcome:  # it was already done: the output is complete and published
             return outcome["result"]
     finally:
-        api.CANCEL.clear()
+        CANCEL.clear()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

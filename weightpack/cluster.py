@@ -20,7 +20,7 @@ A cluster run keeps every promise of a one-machine run:
   when all its files are written and verified (a task verifies the archive it wrote), else removed.
 - **Faults.** Ray retries a task whose worker died; the retry rewrites its file from the start. A
   model whose task fails is reported failed, with the file and the node, and the others finish. A
-  cancellation (Ctrl-C: ``api.CANCEL``) cancels the model's tasks, waits for them to stop, and
+  cancellation (Ctrl-C: ``CANCEL``) cancels the model's tasks, waits for them to stop, and
   removes its temporaries; models published before it stay, complete and verified.
 """
 
@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 
 from . import api, manifest
 from .atomic import atomic_output
-from .errors import WeightpackError, about
-from .paths import MANIFEST, destination, destination_in, tree_size
+from .errors import CANCEL, WeightpackError, about
+from .paths import MANIFEST, destination, destination_in, existing, tree_size
 from .safetensors_layout import TensorEntry
 from .sources import Dedup, Stored
 from .wpkfile import dedup_keys
@@ -148,7 +148,7 @@ def _plan(sources: Sequence[str | os.PathLike], dst: str | os.PathLike | None, p
     for given in sources:
         src = Path(given)
         try:
-            src = api.existing(src)
+            src = existing(src)
             final = (None if packing is None else destination_in(src, folder, packing) if folder is not None
                      else destination(src, dst, packing))
         except WeightpackError as exc:
@@ -176,9 +176,9 @@ def _run(jobs: list[Job], here: Callable[[Path, Path | None], None],
         try:
             wait(futures)
         except KeyboardInterrupt:  # Ctrl-C in this thread (a Python caller's): every model stops at its next step
-            api.CANCEL.set()
+            CANCEL.set()
             wait(futures)
-            api.CANCEL.clear()
+            CANCEL.clear()
             raise
         outcomes = []
         for future in futures:
@@ -194,7 +194,7 @@ def _outcome(job: Job, work: Callable[[Path, Path | None], None]) -> Outcome:
     outcome = Outcome(str(src), None if final is None else str(final), error)
     if error is not None:
         return outcome
-    if api.CANCEL.is_set():
+    if CANCEL.is_set():
         raise KeyboardInterrupt
     start = time.perf_counter()
     try:
@@ -282,7 +282,7 @@ class _Cluster:
                 tasks.append(self._unpack.remote(str(src), str(tmp), None, self.threads, base, sha256))
                 self._results(tasks)
             return
-        record = api.packed_folder(src)
+        record = manifest.read_packed(src)
         with atomic_output(final, overwrite, directory=True, writes=record.restored_names()) as tmp, \
                 self._tasks() as tasks:
             for name, entry in record.archives.items():
@@ -294,7 +294,7 @@ class _Cluster:
             self._results(tasks)
 
     def verify(self, src: Path, *, base: str | os.PathLike | None) -> None:
-        record = None if src.is_file() else api.packed_folder(src)
+        record = None if src.is_file() else manifest.read_packed(src)
         with self._tasks() as tasks:
             if record is None:
                 tasks.append(self._verify.remote(str(src), None, self.threads, base))
@@ -320,7 +320,7 @@ class _Cluster:
         try:
             pending = list(tasks)
             while pending:
-                if api.CANCEL.is_set():
+                if CANCEL.is_set():
                     raise KeyboardInterrupt
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
                 for result in ray.get(ready):

@@ -16,8 +16,8 @@ from typing import BinaryIO
 import numpy as np
 import zstandard
 
+from .dtypes import itemsize, layout
 from .errors import FormatError, IntegrityError
-from .planes import itemsize, layout
 
 MAGIC = b"\x89WPK\r\n\x1a\n"
 FOOTER_MAGIC = b"WPKINDEX"

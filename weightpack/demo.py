@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import api, minilm
+from .describe import info
 from .safetensors_layout import write
 
 
@@ -34,7 +35,7 @@ def run_demo(threads: int | None = None, quiet: bool = False) -> dict:
             start = time.perf_counter()
             restored = api.unpack(packed, Path(tmp) / f"{dtype}.restored", threads=threads)
             unpack_s = time.perf_counter() - start
-            report = api.info(packed / "model.wpk")
+            report = info(packed / "model.wpk")
             size = checkpoint.stat().st_size
             rows.append({
                 "dtype": dtype, "original_bytes": size, "packed_bytes": report["packed_bytes"],

@@ -64,9 +64,18 @@ def chunk_histograms(symbols: np.ndarray, width: int, chunk: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _sum(values: np.ndarray) -> int:
+    """``values.sum()`` as a loop: array methods cost start-up time (see ``jit``)."""
+    total = 0
+    for v in values:
+        total += v
+    return total
+
+
+@njit(cache=True, nogil=True)
 def entropy_bits(counts: np.ndarray) -> float:
     """Order-0 empirical entropy of the whole plane in bits: the bound a static order-0 coder meets."""
-    total = float(counts.sum())
+    total = float(_sum(counts))
     bits = 0.0
     for c in counts:
         if c > 0:
@@ -77,7 +86,10 @@ def entropy_bits(counts: np.ndarray) -> float:
 @njit(cache=True, nogil=True)
 def present_symbols(counts: np.ndarray) -> int:
     """How many symbol values occur at least once."""
-    return int((counts > 0).sum())
+    present = 0
+    for c in counts:
+        present += c > 0
+    return present
 
 
 @njit(cache=True, nogil=True)
@@ -88,13 +100,13 @@ def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
     change the coded size least, as measured by ``count * log2((f + 1) / f)``.
     """
     total_out = np.int64(1) << precision
-    total_in = counts.sum()
+    total_in = _sum(counts)
     freq = np.zeros(counts.size, np.int64)
     for s in range(counts.size):
         if counts[s] > 0:
             freq[s] = max(counts[s] * total_out // total_in, 1)
     weight = counts.astype(np.float64)
-    diff = total_out - freq.sum()
+    diff = total_out - _sum(freq)
     while diff != 0:
         if diff > 0:  # fewer than the present symbols: the floors lose less than 1 each
             gain = np.full(counts.size, -1.0)
@@ -112,7 +124,7 @@ def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
                     shrinkable += 1
             picks = np.argsort(loss, kind="mergesort")[:min(-diff, shrinkable)]
             freq[picks] -= 1
-        diff = total_out - freq.sum()
+        diff = total_out - _sum(freq)
     return freq
 
 
@@ -143,7 +155,7 @@ def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tup
     no precision in ``lowest..highest`` fits. The cost is close to convex in the precision: walk down
     from the finest, stop once it has risen for two steps."""
     best_precision, best_freq, best_cost = 0, np.zeros(counts.size, np.int64), np.inf
-    total = float(counts.sum())
+    total = float(_sum(counts))
     for precision in range(highest, lowest - 1, -1):
         freq = _normalise(counts, precision)
         loss = loss_bits * 4.0 ** (precision - highest) * total

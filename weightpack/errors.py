@@ -1,10 +1,18 @@
-"""Exceptions. Every failure a user can cause is a WeightpackError whose message names the file."""
+"""Exceptions, and the cancellation request that ends work with one.
+
+Every failure a user can cause is a WeightpackError whose message names the file.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# Set (by the CLI, on Ctrl-C or SIGTERM) to stop the operation at its next step, which raises
+# KeyboardInterrupt there; the operation then cleans up.
+CANCEL = threading.Event()
 
 
 class WeightpackError(Exception):

@@ -40,9 +40,9 @@ from .container import (
     TRANSFORM_NONE,
     Segment,
 )
+from .dtypes import DTYPES, TOP_MANTISSA_BITS, itemsize
 from .entropy import FrequencyTable
 from .errors import FormatError, IntegrityError, WeightpackError
-from .planes import DTYPES, TOP_MANTISSA_BITS, itemsize
 from .wpkfile import ArchiveReader
 
 BATCH_BYTES = 1 << 28  # output bytes decoded per batch (two batches are in memory at a time)

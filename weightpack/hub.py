@@ -20,7 +20,7 @@ from pathlib import Path
 from . import api, manifest
 from .atomic import atomic_output
 from .container import FOOTER, PREAMBLE, SOURCE_SIBLING, PartialArchive, read_index
-from .errors import WeightpackError
+from .errors import CANCEL, WeightpackError
 from .paths import MANIFEST, check_destination, walk
 from .sources import BaseSet
 from .wpkfile import ArchiveReader
@@ -278,7 +278,7 @@ class _Arrival:
 
     def __call__(self, end: int) -> None:
         while os.fstat(self.fd).st_size < end:
-            if api.CANCEL.is_set():
+            if CANCEL.is_set():
                 raise KeyboardInterrupt
             if self.download.done():
                 self.download.result()  # the download's own error, if it failed

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import FormatError, WeightpackError
-from .paths import MANIFEST
+from .paths import MANIFEST, walk
 
 VERSION = 2
 # The Hub adds this to every repo it creates: a pulled packed folder may hold it unlisted (it is not restored).
@@ -98,3 +98,10 @@ def read(folder: Path) -> Manifest:
     if len(set(restored)) != len(restored):
         raise FormatError(f"{path}: manifest restores two files under one name")
     return result
+
+
+def read_packed(folder: Path) -> Manifest:
+    """The manifest of a packed folder, checked to list exactly the files the folder holds."""
+    record = read(folder)
+    record.check_listing(folder, [f.relative_to(folder).as_posix() for f in walk(folder)])
+    return record

@@ -127,3 +127,13 @@ def walk(folder: Path) -> list[Path]:
                 raise WeightpackError(f"{path}: {what}")
             files.append(path)
     return sorted(files)
+
+
+def existing(src: str | os.PathLike) -> Path:
+    """``src`` as a Path, refused with one clear line unless it exists."""
+    src = Path(src)
+    if not (src.exists() or src.is_symlink()):
+        raise WeightpackError(f"{src}: no such file or folder")
+    if not src.exists():
+        raise WeightpackError(f"{src}: dangling symbolic link")
+    return src

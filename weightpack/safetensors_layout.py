@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dtypes import DTYPES, itemsize
 from .errors import FormatError
-from .planes import DTYPES, itemsize
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 

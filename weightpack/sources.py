@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .dtypes import itemsize
 from .errors import FormatError, WeightpackError
-from .planes import itemsize
 from .safetensors_layout import TensorEntry, read_layout
 
 

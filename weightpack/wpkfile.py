@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import bitpack, codec, planes, rans
+from . import bitpack, codec, dtypes, planes, rans
 from .atomic import start_writeback
 from .checksum import stripe_hash
 from .container import (
@@ -110,7 +110,7 @@ class _TensorInput:
     @property
     def hashes(self) -> list[int]:
         if self._hashes is None:
-            self._hashes = _stripe_hashes(self._data, codec.CHUNK_SYMBOLS * planes.itemsize(self.tensor.dtype),
+            self._hashes = _stripe_hashes(self._data, codec.CHUNK_SYMBOLS * dtypes.itemsize(self.tensor.dtype),
                                           self.tensor.start)
         return self._hashes
 
@@ -125,7 +125,7 @@ def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _Tensor
     by the thread that codes it); a larger one is read a block at a time and split as it comes, so
     that only its planes are held (about its size), never its bytes and its planes together.
     """
-    size, count = planes.itemsize(tensor.dtype), (tensor.end - tensor.start) // planes.itemsize(tensor.dtype)
+    size, count = dtypes.itemsize(tensor.dtype), (tensor.end - tensor.start) // dtypes.itemsize(tensor.dtype)
 
     def read(a: int, b: int) -> np.ndarray:
         return read_exact(fd, tensor.start + a, b - a)
@@ -133,7 +133,7 @@ def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _Tensor
         data = read(0, count * size)
         digest.update(data)
         return _TensorInput(tensor, dedup_key(data), read, data=data)
-    arrays = [np.empty(count, spec.symbol_dtype) for spec in planes.layout(tensor.dtype)]
+    arrays = [np.empty(count, spec.symbol_dtype) for spec in dtypes.layout(tensor.dtype)]
     key, hashes = 0, []
     for first in range(0, count, READ_ELEMENTS):
         end = min(first + READ_ELEMENTS, count)
@@ -160,7 +160,7 @@ def dedup_keys(src: Path) -> list[tuple[TensorEntry, int]]:
     one-machine pack stores."""
     with open(src, "rb") as f:
         return [(t, dedup_key(read_exact(f.fileno(), t.start, min(t.end - t.start,
-                                                                  READ_ELEMENTS * planes.itemsize(t.dtype)))))
+                                                                  READ_ELEMENTS * dtypes.itemsize(t.dtype)))))
                 for t in read_layout(src).tensors]
 
 
@@ -180,7 +180,7 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
         return seg, lambda pool: []
     if dedup is not None:
         dedup.add(item.key, Stored(archive, src, tensor))
-    specs = planes.layout(tensor.dtype)
+    specs = dtypes.layout(tensor.dtype)
     base_file = base.match(tensor.name, tensor.dtype, tensor.shape) if base is not None else None
     coded_planes, transforms = None, [TRANSFORM_NONE] * len(specs)  # None: the tensor's own planes
     if base_file is not None:
@@ -195,7 +195,7 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
         # Two delta models; the one with the lower order-0 entropy is coded.
         best = [codec.best_transform(p, r, s.bits) for p, r, s in zip(item.planes, reference, specs)]
         delta = planes.split(codec.word_difference(planes.merge(item.planes, tensor.dtype), data,
-                                                   planes.itemsize(tensor.dtype)), tensor.dtype)
+                                                   dtypes.itemsize(tensor.dtype)), tensor.dtype)
         if sum(entropy_bits(histogram(p, s.bits)) for p, s in zip(delta, specs)) < sum(b[2] for b in best):
             coded_planes, transforms = delta, [TRANSFORM_WORD_SUB] * len(specs)
         else:
@@ -462,7 +462,7 @@ class ArchiveReader:
         source = self._source(seg) if seg.ref != REF_NONE else None
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
         step, end = seg.stripe, seg.count if end is None else end
-        size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+        size = dtypes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
         # None: no reference; False: per-plane transforms; True: one difference of whole words
         word_sub = None if seg.ref != REF_DELTA else any(p.transform == TRANSFORM_WORD_SUB for p in seg.planes)
 
@@ -479,7 +479,7 @@ class ArchiveReader:
                 else:
                     planes.merge_into(parts, seg.dtype, out)
                 if word_sub:
-                    out[:] = codec.undo_word_difference(out, reference, planes.itemsize(seg.dtype))
+                    out[:] = codec.undo_word_difference(out, reference, dtypes.itemsize(seg.dtype))
             if stripe_hash(out, seg.start + k * step * size) != seg.hashes[k]:
                 raise IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
         sizes = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
@@ -492,7 +492,7 @@ class ArchiveReader:
         Only the stripes holding them are decoded, in parallel, each straight into its place.
         """
         end = seg.count if end is None else end
-        size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+        size = dtypes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
         stripes = self._stripes(seg, first, end)
         if not stripes:
             return np.empty(0, np.uint8)
@@ -523,7 +523,7 @@ class ArchiveReader:
         def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
             offset = 0
             for seg in self.index.segments:
-                size = planes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+                size = dtypes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
                 for _, n, fill in self._stripes(seg):
                     yield functools.partial(restore_stripe, fill, n * size, offset)
                     offset += n * size

@@ -1,0 +1,68 @@
+"""The safetensors dtypes weightpack knows, and the planes each is split into (``planes`` does the splitting).
+
+Floating point values are split by field, because the fields behave very differently in trained
+weights: the exponent is highly skewed (about 2.6 bits of information in BF16's 8), the top
+mantissa bits depend on it (within a binade, values near its low end are more likely), and the
+rest of the mantissa is nearly random. One rule covers every float format with ``e`` exponent and
+``m`` mantissa bits:
+
+1. ``exponent_top``: the exponent with the top 2 mantissa bits below it (``e + 2`` bits), coded as
+   one symbol, so the coder sees their joint distribution with one symbol per weight;
+2. ``sign_mantissa``: the sign above the next ``(m - 2) % 8`` mantissa bits (nearly random);
+3. ``mantissa_<k>``: the remaining ``(m - 2) // 8`` mantissa bytes, most significant first.
+
+So BF16 is 10 | 6 bits; F16 7 | 1 | 8; F32 10 | 6 | 8 | 8; F64 13 | 3 | 8 x 6. Integer and bool
+dtypes are split into their little-endian bytes, most significant first. Every plane holds symbols
+of ``bits`` bits in a uint8 array, or uint16 for planes wider than 8 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FormatError
+
+# dtype -> (itemsize, exponent bits, mantissa bits); exponent bits 0 means "split into bytes".
+DTYPES: dict[str, tuple[int, int, int]] = {
+    "BOOL": (1, 0, 0), "U8": (1, 0, 0), "I8": (1, 0, 0), "F8_E8M0": (1, 0, 0),
+    "U16": (2, 0, 0), "I16": (2, 0, 0), "U32": (4, 0, 0), "I32": (4, 0, 0),
+    "U64": (8, 0, 0), "I64": (8, 0, 0),
+    "F8_E4M3": (1, 4, 3), "F8_E5M2": (1, 5, 2),
+    "F16": (2, 5, 10), "BF16": (2, 8, 7), "F32": (4, 8, 23), "F64": (8, 11, 52),
+}
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One plane of a dtype: its name and how many bits each of its symbols holds."""
+
+    name: str
+    bits: int
+
+    @property
+    def symbol_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.bits <= 8 else np.uint16)
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a safetensors dtype; FormatError for dtypes weightpack does not know."""
+    try:
+        return DTYPES[dtype][0]
+    except KeyError:
+        raise FormatError(f"unsupported dtype {dtype!r}") from None
+
+
+TOP_MANTISSA_BITS = 2
+
+
+def layout(dtype: str) -> list[Plane]:
+    """The planes a tensor of ``dtype`` is split into, in storage order."""
+    itemsize(dtype)
+    size, ebits, mbits = DTYPES[dtype]
+    if ebits == 0:
+        return [Plane(f"byte_{k}", 8) for k in range(size - 1, -1, -1)]
+    rest = mbits - TOP_MANTISSA_BITS
+    return ([Plane("exponent_top", ebits + TOP_MANTISSA_BITS), Plane("sign_mantissa", 1 + rest % 8)]
+            + [Plane(f"mantissa_{k}", 8) for k in range(rest // 8 - 1, -1, -1)])
