@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightpack import rans
-from weightpack.entropy import FrequencyTable, chunk_histograms, entropy_bits, histogram
+from weightpack.entropy import FrequencyTable, _largest, _normalise, chunk_histograms, entropy_bits, histogram
 from weightpack.errors import FormatError
 
 
@@ -86,3 +86,20 @@ def test_chunk_histograms_count_each_chunk_and_sum_to_the_plane(n: int, chunk: i
     for k, row in enumerate(rows):
         assert np.array_equal(row, histogram(symbols[k * chunk:(k + 1) * chunk], bits))
     assert np.array_equal(rows.sum(axis=0), histogram(symbols, bits))
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys=st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0, 7.25]), max_size=60), k=st.integers(0, 60))
+def test_table_fitting_picks_the_largest_keys_ties_in_index_order(keys: list[float], k: int) -> None:
+    values, k = np.array(keys, np.float64), min(k, len(keys))
+    assert set(_largest(values, k)) == set(np.argsort(-values, kind="stable")[:k])
+
+
+@settings(max_examples=50, deadline=None)
+@given(counts=st.lists(st.integers(0, 10**6), min_size=2, max_size=300), precision=st.integers(9, 15))
+def test_normalised_tables_sum_exactly_and_keep_every_present_symbol(counts: list[int], precision: int) -> None:
+    counts = np.array(counts, np.int64)
+    if not 0 < np.count_nonzero(counts) <= 1 << precision:
+        return
+    freq = _normalise(counts, precision)
+    assert freq.sum() == 1 << precision and np.array_equal(freq > 0, counts > 0)

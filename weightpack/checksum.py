@@ -30,12 +30,12 @@ P5 = np.uint64(0x27D4EB2F165667C5)
 # The steps are ``register_jitable``: compiled into whichever target calls them, this module's CPU
 # function below and the GPU's stripe check (``rans_cuda.check_stripes``), from this one source.
 
-@register_jitable(inline="always")
+@register_jitable
 def rotl(x: np.uint64, r: int) -> np.uint64:
     return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
 
 
-@register_jitable(inline="always")
+@register_jitable
 def xxh_round(acc: np.uint64, lane: np.uint64) -> np.uint64:
     return rotl(acc + lane * P2, 31) * P1
 

@@ -105,27 +105,57 @@ def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
     for s in range(counts.size):
         if counts[s] > 0:
             freq[s] = max(counts[s] * total_out // total_in, 1)
-    weight = counts.astype(np.float64)
+    keys = np.empty(counts.size)
     diff = total_out - _sum(freq)
     while diff != 0:
-        if diff > 0:  # fewer than the present symbols: the floors lose less than 1 each
-            gain = np.full(counts.size, -1.0)
-            for s in range(counts.size):
-                if counts[s] > 0:
-                    gain[s] = weight[s] * np.log2((freq[s] + 1) / freq[s])
-            picks = np.argsort(-gain, kind="mergesort")[:diff]
-            freq[picks] += 1
-        else:
-            loss = np.full(counts.size, np.inf)
-            shrinkable = 0
-            for s in range(counts.size):
-                if freq[s] > 1:
-                    loss[s] = weight[s] * np.log2(freq[s] / (freq[s] - 1))
-                    shrinkable += 1
-            picks = np.argsort(loss, kind="mergesort")[:min(-diff, shrinkable)]
-            freq[picks] -= 1
+        shrinkable = 0
+        for s in range(counts.size):
+            if diff > 0:  # fewer than the present symbols: the floors lose less than 1 each
+                keys[s] = counts[s] * np.log2((freq[s] + 1) / freq[s]) if counts[s] > 0 else -1.0
+            elif freq[s] > 1:  # too many: take back where it costs least
+                keys[s] = -(counts[s] * np.log2(freq[s] / (freq[s] - 1)))
+                shrinkable += 1
+            else:
+                keys[s] = -np.inf
+        for s in _largest(keys, diff if diff > 0 else min(-diff, shrinkable)):
+            freq[s] += 1 if diff > 0 else -1
         diff = total_out - _sum(freq)
     return freq
+
+
+@njit(cache=True, nogil=True)
+def _largest(keys: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest keys, equal keys taken in index order (the set that
+    ``np.argsort(-keys, kind="stable")[:k]`` names). A heap of ``k`` rather than a sort: numba takes
+    seconds to compile its sorts, and this compiles in a fraction of one."""
+    heap = np.empty(k, np.int64)  # kept indices; the root is the first to give way
+    size = 0
+    for i in range(keys.size if k > 0 else 0):
+        if size < k:  # sift the newcomer up
+            j = size
+            size += 1
+            while j > 0 and _behind(keys, i, heap[(j - 1) // 2]):
+                heap[j] = heap[(j - 1) // 2]
+                j = (j - 1) // 2
+            heap[j] = i
+        elif _behind(keys, heap[0], i):  # it beats the root: sift it down from there
+            j = 0
+            while 2 * j + 1 < k:
+                child = 2 * j + 1
+                if child + 1 < k and _behind(keys, heap[child + 1], heap[child]):
+                    child += 1
+                if not _behind(keys, heap[child], i):
+                    break
+                heap[j] = heap[child]
+                j = child
+            heap[j] = i
+    return heap
+
+
+@njit(cache=True, nogil=True)
+def _behind(keys: np.ndarray, a: int, b: int) -> bool:
+    """Whether index ``a`` ranks after ``b``: a smaller key, or the same key and a later index."""
+    return keys[a] < keys[b] or (keys[a] == keys[b] and a > b)
 
 
 @njit(cache=True, nogil=True)
