@@ -541,7 +541,7 @@ _Fill = Callable[[np.ndarray], None]
 
 def warm_up_decoder() -> None:
     """Load every decoding kernel (from numba's cache, or compiling it), so that a later decode does not wait
-    for that: run beside a download, it takes the ~0.5 s of numba's start-up off the critical path."""
+    for that: run beside a download, it takes numba's start-up (~0.2 s, see ``jit``) off the critical path."""
     table = FrequencyTable(1, np.array([1, 1], np.int64))
     codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, table.to_bytes()), "warm-up")  # parses the table
     rans.decode(np.zeros(16, np.uint8), 1, table.decoder_entries(), np.zeros(4, np.uint8))
