@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 COMPILER_ONLY = ("numba.typed.typeddict", "numba.np.arraymath", "numba.np.linalg")
 
 
-def loaded_after(*args: str) -> set[str]:
-    """The modules a child process has loaded once ``weightpack ARGS`` has run in it."""
+def loaded_after(*args: str, cache: Path | None = None) -> set[str]:
+    """The modules a child process has loaded once ``weightpack ARGS`` has run in it (with numba's
+    cache in ``cache``, if given)."""
     code = ("import sys\nfrom weightpack.cli import main\nstatus = main(sys.argv[1:])\n"
             "print(' '.join(sys.modules))\nsys.exit(status)")
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    env = dict(os.environ, **({"NUMBA_CACHE_DIR": str(cache)} if cache else {}))
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
 
@@ -30,3 +33,16 @@ def test_unpacking_with_a_warm_cache_loads_no_compiler(bf16_wpk: Path, tmp_path:
 def test_info_reads_the_index_without_loading_numba(bf16_wpk: Path) -> None:
     loaded = loaded_after("info", str(bf16_wpk), "-q")
     assert "weightpack.describe" in loaded and "numba" not in loaded
+
+
+def test_a_damaged_kernel_cache_is_compiled_again_not_an_error(bf16_wpk: Path, bf16_file: Path,
+                                                               tmp_path: Path) -> None:
+    cache, out = tmp_path / "numba-cache", tmp_path / "m.safetensors"
+    loaded_after("unpack", str(bf16_wpk), "-o", str(out), "-q", cache=cache)
+    entries = sorted(cache.rglob("*.nb[ci]"))
+    for k, entry in enumerate(entries):  # cut short, as by a crash or a full disk while numba wrote them
+        entry.write_bytes(entry.read_bytes()[:k % 7 * 10])
+    loaded_after("unpack", str(bf16_wpk), "-o", str(out), "-q", "-f", cache=cache)
+    assert out.read_bytes() == bf16_file.read_bytes()
+    loaded = loaded_after("unpack", str(bf16_wpk), "-o", str(out), "-q", "-f", cache=cache)  # cached anew
+    assert not loaded & set(COMPILER_ONLY)

@@ -1,4 +1,4 @@
-"""The Python API: pack, unpack, verify and describe files and model folders.
+"""The Python API: pack, unpack and verify files and model folders (``info`` is in ``describe``).
 
 A file ``X.safetensors`` becomes ``X.wpk``; a folder becomes a folder in which every
 ``*.safetensors`` is replaced by its ``.wpk`` and every other file (index.json, config, tokenizer,
