@@ -98,3 +98,10 @@ def test_verify_of_a_folder_checks_its_manifest(minilm_dirs: dict[str, Path], tm
     (packed / "model.wpk").rename(packed / "other.wpk")
     assert main(["verify", str(packed)]) == 1
     assert "missing model.wpk; not listed in weightpack.json: other.wpk" in capsys.readouterr().err
+
+
+def test_demo_round_trips_every_dtype_byte_for_byte(capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and [r["dtype"] for r in report["results"]] == ["F32", "BF16", "F16"]
+    assert all(r["identical"] and r["ratio"] < r["bound_ratio"] + 0.001 for r in report["results"])
