@@ -10,15 +10,18 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import weightpack
-from weightpack import api, wpkfile
+from weightpack import api, planes, wpkfile
 from weightpack.cli import main
 from weightpack.errors import FormatError, WeightpackError
+from weightpack.safetensors_layout import read_layout, write
 
 
 @pytest.fixture
@@ -138,3 +141,20 @@ def test_a_consumer_stopping_early_leaves_no_reading_thread(tmp_path: Path) -> N
             closing(wpkfile._read_ahead(f.fileno(), spans, digest)) as reads:
         next(reads)
     assert not _reading_threads()
+
+
+def test_a_large_tensor_read_block_by_block_on_a_pool_matches_one_thread(tmp_path: Path) -> None:
+    """The blocks of a large tensor are read and split on the coding pool: same planes, stripe
+    checksums, dedup key and sha256 (fed in file order) as when the reading thread does it alone."""
+    count = 2 * wpkfile.READ_ELEMENTS + 12345  # three blocks, the last one partial
+    values = np.random.default_rng(0).integers(0, 2**16, count, dtype=np.uint16)
+    write(tmp_path / "t.safetensors", {"w": ("BF16", (count,), values.tobytes())})
+    tensor = read_layout(tmp_path / "t.safetensors").tensors[0]
+    results = []
+    with ThreadPoolExecutor(2) as pool:
+        for splitters in (None, pool):
+            with open(tmp_path / "t.safetensors", "rb") as f, wpkfile._Sha256Behind() as digest:
+                item = wpkfile._read_tensor(f.fileno(), tensor, digest, splitters)
+                results.append((item.key, item.hashes, digest.digest(), [p.tobytes() for p in item.planes]))
+    assert results[0] == results[1]
+    assert results[1][3] == [p.tobytes() for p in planes.split(values.view(np.uint8), "BF16")]

@@ -120,10 +120,11 @@ def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int
     return [stripe_hash(data[a:a + stripe_bytes], offset + a) for a in range(0, data.size, stripe_bytes)]
 
 
-def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _TensorInput:
+def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: Executor | None) -> _TensorInput:
     """Read a tensor, hashing it. A tensor of one block is kept as bytes (split and checksummed later,
-    by the thread that codes it); a larger one is read a block at a time and split as it comes, so
-    that only its planes are held (about its size), never its bytes and its planes together.
+    by the thread that codes it); a larger one is read, checksummed and split a block at a time, the
+    blocks side by side on ``pool``, so that only its planes are held (about its size), never its bytes
+    and its planes together. The sha256 is fed here, in file order.
     """
     size, count = dtypes.itemsize(tensor.dtype), (tensor.end - tensor.start) // dtypes.itemsize(tensor.dtype)
 
@@ -134,15 +135,19 @@ def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind) -> _Tensor
         digest.update(data)
         return _TensorInput(tensor, dedup_key(data), read, data=data)
     arrays = [np.empty(count, spec.symbol_dtype) for spec in dtypes.layout(tensor.dtype)]
-    key, hashes = 0, []
-    for first in range(0, count, READ_ELEMENTS):
+
+    def block(first: int) -> tuple[np.ndarray, list[int]]:
         end = min(first + READ_ELEMENTS, count)
         data = read(first * size, end * size)
-        digest.update(data)
-        if first == 0:
-            key = dedup_key(data)
-        hashes += _stripe_hashes(data, codec.CHUNK_SYMBOLS * size, tensor.start + first * size)
         planes.split_into(data, tensor.dtype, [array[first:end] for array in arrays])
+        return data, _stripe_hashes(data, codec.CHUNK_SYMBOLS * size, tensor.start + first * size)
+    key, hashes = 0, []
+    blocks = ordered_map(pool, (functools.partial(block, first) for first in range(0, count, READ_ELEMENTS)))
+    for k, (data, block_hashes) in enumerate(blocks):
+        digest.update(data)
+        if k == 0:
+            key = dedup_key(data)
+        hashes += block_hashes
     return _TensorInput(tensor, key, read, planes=arrays, hashes=hashes)
 
 
@@ -267,7 +272,9 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
             seg, future = pending.popleft()
             emit(seg, future.result())
 
-    with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest)) as reads:
+    # With one coding thread, the reading thread is the second core: it splits the blocks itself.
+    splitters = pool if getattr(pool, "_max_workers", 1) > 1 else None
+    with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest, splitters)) as reads:
         for (start, end, tensor), item in reads:
             if tensor is None:
                 seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
@@ -293,7 +300,8 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
 READ_AHEAD_BYTES = 1 << 26  # besides the next span, spans are read ahead while their bytes stay under this
 
 
-def _read_ahead(fd: int, spans: list, digest: _Sha256Behind) -> Iterator[tuple[tuple, np.ndarray | _TensorInput]]:
+def _read_ahead(fd: int, spans: list, digest: _Sha256Behind,
+                pool: Executor | None = None) -> Iterator[tuple[tuple, np.ndarray | _TensorInput]]:
     """Each span with what ``_read_tensor`` makes of it (or its bytes, for verbatim bytes), read in order
     on a thread of its own.
 
@@ -301,11 +309,12 @@ def _read_ahead(fd: int, spans: list, digest: _Sha256Behind) -> Iterator[tuple[t
     done by the caller, that serial work left the coding threads idle between large tensors. The
     next span is always read ahead, further ones only while they stay under ``READ_AHEAD_BYTES``,
     so memory holds at most the span being coded, the next one, and that much more. One reading
-    thread keeps ``digest`` fed in file order.
+    thread keeps ``digest`` fed in file order; the blocks of a large tensor are read and split on
+    ``pool``, beside the coding (one thread could not keep up with the coding threads).
     """
     def read(start: int, end: int, tensor: TensorEntry | None) -> np.ndarray | _TensorInput:
         if tensor is not None:
-            return _read_tensor(fd, tensor, digest)
+            return _read_tensor(fd, tensor, digest, pool)
         data = read_exact(fd, start, end - start)
         digest.update(data)
         return data
