@@ -46,3 +46,13 @@ def test_a_damaged_kernel_cache_is_compiled_again_not_an_error(bf16_wpk: Path, b
     assert out.read_bytes() == bf16_file.read_bytes()
     loaded = loaded_after("unpack", str(bf16_wpk), "-o", str(out), "-q", "-f", cache=cache)  # cached anew
     assert not loaded & set(COMPILER_ONLY)
+
+
+def test_other_numba_code_in_the_process_loads_as_numba_does(tmp_path: Path) -> None:
+    (tmp_path / "theirs.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    code = "import sys, weightpack.jit, theirs\nassert theirs.f(1) == 2\nprint(' '.join(sys.modules))"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    for _ in range(2):  # compiled, then loaded from the cache
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert set(COMPILER_ONLY) <= set(result.stdout.split())  # numba's own loading: its full refresh
