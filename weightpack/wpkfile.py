@@ -553,11 +553,12 @@ def warm_up_decoder() -> None:
     for that: run beside a download, it takes numba's start-up (~0.2 s, see ``jit``) off the critical path."""
     table = FrequencyTable(1, np.array([1, 1], np.int64))
     codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, table.to_bytes()), "warm-up")  # parses the table
-    rans.decode(np.zeros(16, np.uint8), 1, table.decoder_entries(), np.zeros(4, np.uint8))
+    for symbols in (np.uint8, np.uint16):  # planes of up to 8 bits, and wider ones (BF16's and F32's 10-bit heads)
+        rans.decode(np.zeros(16, np.uint8), 1, table.decoder_entries(), np.zeros(4, symbols))
     for bits in (2, 6):
         bitpack.unpack_into(np.zeros(bits, np.uint8), bits, np.zeros(8, np.uint8))
-    for dtype in ("BF16", "F32"):
-        planes.merge(planes.split(np.zeros(8, np.uint8), dtype), dtype)
+    for dtype in ("BF16", "F16", "F32"):
+        planes.merge([np.zeros(8, spec.symbol_dtype) for spec in dtypes.layout(dtype)], dtype)
     stripe_hash(np.zeros(8, np.uint8), 0)
 
 
