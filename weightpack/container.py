@@ -96,9 +96,14 @@ class Segment:
         return -(-self.count // self.stripe)
 
     @property
+    def itemsize(self) -> int:
+        """Bytes per symbol of each plane's original: a tensor's element size, 1 for a verbatim run."""
+        return itemsize(self.dtype) if self.kind == KIND_TENSOR else 1
+
+    @property
     def count(self) -> int:
         """Symbols per plane: elements of a tensor, bytes of a verbatim run."""
-        return self.length // itemsize(self.dtype) if self.kind == KIND_TENSOR else self.length
+        return self.length // self.itemsize
 
 
 @dataclass

@@ -471,7 +471,7 @@ class ArchiveReader:
         source = self._source(seg) if seg.ref != REF_NONE else None
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
         step, end = seg.stripe, seg.count if end is None else end
-        size = dtypes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+        size = seg.itemsize
         # None: no reference; False: per-plane transforms; True: one difference of whole words
         word_sub = None if seg.ref != REF_DELTA else any(p.transform == TRANSFORM_WORD_SUB for p in seg.planes)
 
@@ -488,7 +488,7 @@ class ArchiveReader:
                 else:
                     planes.merge_into(parts, seg.dtype, out)
                 if word_sub:
-                    out[:] = codec.undo_word_difference(out, reference, dtypes.itemsize(seg.dtype))
+                    out[:] = codec.undo_word_difference(out, reference, size)
             if stripe_hash(out, seg.start + k * step * size) != seg.hashes[k]:
                 raise IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
         sizes = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
@@ -501,7 +501,7 @@ class ArchiveReader:
         Only the stripes holding them are decoded, in parallel, each straight into its place.
         """
         end = seg.count if end is None else end
-        size = dtypes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+        size = seg.itemsize
         stripes = self._stripes(seg, first, end)
         if not stripes:
             return np.empty(0, np.uint8)
@@ -532,7 +532,7 @@ class ArchiveReader:
         def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
             offset = 0
             for seg in self.index.segments:
-                size = dtypes.itemsize(seg.dtype) if seg.kind == KIND_TENSOR else 1
+                size = seg.itemsize
                 for _, n, fill in self._stripes(seg):
                     yield functools.partial(restore_stripe, fill, n * size, offset)
                     offset += n * size
