@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from weightpack import minilm
+
 # Modules numba imports only to compile (its "registry refresh"): unicode, typed containers, and
 # the array-math implementations, whose import probes scipy's BLAS.
 COMPILER_ONLY = ("numba.typed.typeddict", "numba.np.arraymath", "numba.np.linalg")
@@ -56,3 +58,23 @@ def test_other_numba_code_in_the_process_loads_as_numba_does(tmp_path: Path) -> 
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert set(COMPILER_ONLY) <= set(result.stdout.split())  # numba's own loading: its full refresh
+
+
+def test_a_first_run_compiles_one_rans_decoder_for_planes_of_every_width(minilm_dirs: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """Compiling is most of a first run on a new machine (a fresh container's first pull): narrow
+    planes (F16's 7-bit exponent) decode through the same compiled rANS decoder as wide ones
+    (BF16's 10-bit), and warming the decoder up compiles nothing that only packing uses."""
+    import weightpack
+
+    archives = [str(weightpack.pack(minilm_dirs[d] / minilm.CHECKPOINT, tmp_path / f"{d}.wpk"))
+                for d in ("BF16", "F16")]
+    code = ("import sys, weightpack\nfrom weightpack import entropy, rans\n"
+            "from weightpack.wpkfile import warm_up_decoder\n"
+            "warm_up_decoder()\nwriters = len(entropy._serialize.signatures)\n"
+            "for a in sys.argv[1:]:\n    weightpack.unpack(a, a + '.out')\n"
+            "print(len(rans.decode.signatures), writers)")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
+    result = subprocess.run([sys.executable, "-c", code, *archives], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0"]

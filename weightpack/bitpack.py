@@ -100,7 +100,7 @@ def unpack_into(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
     if data.size != packed_size(out.size, bits):
         return False
     if bits in (8, 16):
-        out[:] = data.view(out.dtype.newbyteorder("<"))
+        out[:] = data.view(np.dtype(f"<u{bits // 8}"))
         return True
     done = _GROUPS[bits][1](data, out) if bits < 8 else 0
     return _unpack(data[done * bits // 8:], bits, out[done:])

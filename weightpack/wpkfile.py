@@ -46,7 +46,7 @@ from .container import (
     write_index,
     write_preamble,
 )
-from .entropy import FrequencyTable, entropy_bits, histogram
+from .entropy import entropy_bits, histogram
 from .errors import FormatError, IntegrityError, WeightpackError
 from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
@@ -551,15 +551,18 @@ _Fill = Callable[[np.ndarray], None]
 def warm_up_decoder() -> None:
     """Load every decoding kernel (from numba's cache, or compiling it), so that a later decode does not wait
     for that: run beside a download, it takes numba's start-up (~0.2 s, see ``jit``) off the critical path."""
-    table = FrequencyTable(1, np.array([1, 1], np.int64))
-    codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, table.to_bytes()), "warm-up")  # parses the table
-    for symbols in (np.uint8, np.uint16):  # planes of up to 8 bits, and wider ones (BF16's and F32's 10-bit heads)
-        rans.decode(np.zeros(16, np.uint8), 1, table.decoder_entries(), np.zeros(4, symbols))
+    decoder = codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, _TWO_SYMBOL_TABLE), "warm-up")  # parses it
+    rans.decode(np.zeros(16, np.uint8), 1, decoder.shared.decoder_entries(), np.zeros(4, decoder.dtype))
     for bits in (2, 6):
-        bitpack.unpack_into(np.zeros(bits, np.uint8), bits, np.zeros(8, np.uint8))
+        bitpack.unpack_into(np.zeros(bits, np.uint8), bits, np.zeros(8, decoder.dtype))
     for dtype in ("BF16", "F16", "F32"):
-        planes.merge([np.zeros(8, spec.symbol_dtype) for spec in dtypes.layout(dtype)], dtype)
+        planes.merge([np.zeros(8, decoder.dtype) for _ in dtypes.layout(dtype)], dtype)
     stripe_hash(np.zeros(8, np.uint8), 0)
+
+
+# A serialised table (precision 1, symbols 0 and 1, one unit each), written out rather than built: building
+# it would compile the table writer, which decoding never uses.
+_TWO_SYMBOL_TABLE = bytes([1, 0, 0, 2, 0, 0b11, 1, 1])
 
 
 class _Scratch(threading.local):
