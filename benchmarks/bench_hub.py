@@ -1,6 +1,6 @@
 """Time to model: a packed Hub repo against the original, through the same bandwidth-capped loopback Hub.
 
-    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--json out.json]
+    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--cold] [--json out.json]
 
 The Hub is the test suite's Hub-compatible server (tests/hub_server.py) on 127.0.0.1, sending each
 download no faster than the rate (MB/s). Two repos hold the same model: the original files, and the
@@ -10,7 +10,9 @@ folder packed by weightpack. For each rate, each step runs in a fresh process wi
   against ``weightpack pull`` of the packed repo (downloads, decodes each archive while the next one
   downloads, checks every file against weightpack.json, publishes the folder);
 - *to model* (MiniLM only): ``snapshot_download`` then ``AutoModel.from_pretrained(folder)``,
-  against ``weightpack.from_pretrained(AutoModel, repo)`` (weights decoded in memory).
+  against ``weightpack.from_pretrained(AutoModel, repo)`` (weights decoded in memory);
+- *to files, first run* (with ``--cold``): the same as *to files*, the pull with an empty numba
+  cache, as on a new machine or in a fresh container: its kernels are compiled, not loaded.
 
 Times are measured inside the process, from the call to the result, so Python's start-up and
 imports (the same for both, about 1 s) are left out; peak RSS is the whole process's (VmHWM: the
@@ -69,10 +71,14 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
 
 
-def step(kind: str, repo: str, hub: FakeHub, tmp: Path) -> dict:
+def step(kind: str, repo: str, hub: FakeHub, tmp: Path, cold: bool = False) -> dict:
+    """One step in a fresh process; ``cold``: with an empty numba cache, as a new machine's first run."""
     cache, out = tmp / f"cache-{kind}", tmp / f"out-{kind}"
     env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_XET="1",
                TRANSFORMERS_VERBOSITY="error")
+    if cold:
+        env["NUMBA_CACHE_DIR"] = str(tmp / "numba-cache-cold")
+        subprocess.run(["rm", "-rf", env["NUMBA_CACHE_DIR"]], check=True)
     result = subprocess.run([sys.executable, "-c", STEP, kind, repo, hub.url, str(cache), str(out)], env=env,
                             capture_output=True, text=True, check=True)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
@@ -94,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="100,500,1000", help="link rates in MB/s")
     parser.add_argument("--gib", type=float, default=1.0, help="size of the synthetic checkpoint (0: skip it)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also pull each packed repo to files with an empty numba cache (a first run)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -114,11 +122,13 @@ def main() -> None:
             plain, packed = publish(hub, folder, label.split()[0].lower() + label.split()[-1].replace(".", ""))
             for rate in rates:
                 hub.rate = rate * 1e6
-                kinds = [("files", "plain-files", "packed-files")]
+                kinds = [("files", "plain-files", "packed-files", False)]
+                if args.cold:
+                    kinds.append(("files, first run", "plain-files", "packed-files", True))
                 if with_model:
-                    kinds.append(("model", "plain-model", "packed-model"))
-                for what, plain_kind, packed_kind in kinds:
-                    a, b = step(plain_kind, plain, hub, tmp), step(packed_kind, packed, hub, tmp)
+                    kinds.append(("model", "plain-model", "packed-model", False))
+                for what, plain_kind, packed_kind, cold in kinds:
+                    a, b = step(plain_kind, plain, hub, tmp), step(packed_kind, packed, hub, tmp, cold)
                     results.append({"model": label, "rate_MBps": rate, "to": what, "original": a, "packed": b})
                     achieved = tree_bytes(folder) / a["seconds"] / 1e6
                     print(f"| {label} | {rate:.0f} ({achieved:.0f}) | to {what} | {a['seconds']:.2f} s | "
