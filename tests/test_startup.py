@@ -25,10 +25,15 @@ def loaded_after(*args: str, cache: Path | None = None) -> set[str]:
     return set(result.stdout.split())
 
 
+# numba's array implementation (and the string code it imports): what cached code that allocates
+# arrays or takes views needs, ~50 ms to import. No decoding kernel does either (see ``rans.decode``).
+ARRAY_IMPLEMENTATION = ("numba.np.arrayobj", "numba.cpython.unicode")
+
+
 def test_unpacking_with_a_warm_cache_loads_no_compiler(bf16_wpk: Path, tmp_path: Path) -> None:
     loaded_after("unpack", str(bf16_wpk), "-o", str(tmp_path / "first.safetensors"), "-q")  # fills the cache
     loaded = loaded_after("unpack", str(bf16_wpk), "-o", str(tmp_path / "second.safetensors"), "-q")
-    assert "weightpack.rans" in loaded and not loaded & set(COMPILER_ONLY)
+    assert "weightpack.rans" in loaded and not loaded & set(COMPILER_ONLY + ARRAY_IMPLEMENTATION)
     assert (tmp_path / "second.safetensors").stat().st_size > 0
 
 
@@ -73,7 +78,7 @@ def test_a_first_run_compiles_one_rans_decoder_for_planes_of_every_width(minilm_
             "from weightpack.wpkfile import warm_up_decoder\n"
             "warm_up_decoder()\nwriters = len(entropy._serialize.signatures)\n"
             "for a in sys.argv[1:]:\n    weightpack.unpack(a, a + '.out')\n"
-            "print(len(rans.decode.signatures), writers)")
+            "print(len(rans._decode.signatures), writers)")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
     result = subprocess.run([sys.executable, "-c", code, *archives], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

@@ -77,14 +77,21 @@ def finish(data: np.ndarray, p: int, end: int, n: int, v1: np.uint64, v2: np.uin
     return h ^ (h >> np.uint64(32))
 
 
+def xxh64(data: np.ndarray, seed: int) -> int:
+    """XXH64 of a contiguous uint8 array (read as native words: weightpack runs on little-endian machines).
+
+    The words view is made here, in numpy: the kernel takes none, whose cached code would import
+    numba's array implementation into every short command (see ``rans.decode``)."""
+    return int(_xxh64(data, data[:data.size - data.size % 32].view(np.uint64), seed))
+
+
 @njit(cache=True, nogil=True)
-def xxh64(data: np.ndarray, seed: int) -> np.uint64:
-    """XXH64 of a contiguous uint8 array (read as native words: weightpack runs on little-endian machines)."""
+def _xxh64(data: np.ndarray, words: np.ndarray, seed: int) -> np.uint64:
+    """``xxh64``, given ``data``'s whole 32-byte blocks as ``words`` (uint64)."""
     n = data.size
     seed = np.uint64(seed)
     v1, v2, v3, v4 = seed + P1 + P2, seed + P2, seed, seed - P1
     blocks = n // 32
-    words = data[:32 * blocks].view(np.uint64)
     for b in range(blocks):
         v1 = xxh_round(v1, words[4 * b])
         v2 = xxh_round(v2, words[4 * b + 1])
@@ -108,4 +115,4 @@ def stripe_hash(data: np.ndarray, offset: int) -> int:
 
 
 def _xxh64_of(data: np.ndarray, seed: int) -> int:
-    return int(xxh64(np.ascontiguousarray(data).view(np.uint8).reshape(-1), seed))
+    return xxh64(np.ascontiguousarray(data).view(np.uint8).reshape(-1), seed)

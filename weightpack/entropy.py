@@ -326,16 +326,18 @@ class FrequencyTable:
         return rans.encoder_table(self.freq, self.precision)
 
     def decoder_entries(self) -> np.ndarray:
-        """The rANS decoder's table: per slot, ``freq << 32 | (slot - cum) << 16 | symbol`` (one lookup)."""
-        return _decoder_entries(self.freq, self.precision)
+        """The rANS decoder's table: per slot, ``freq << 32 | (slot - cum) << 16 | symbol`` (one lookup).
+
+        Allocated here, filled by a kernel that allocates nothing (see ``rans.decode`` on why)."""
+        entries = np.zeros(1 << self.precision, np.int64)
+        _fill_decoder_entries(self.freq, entries)
+        return entries
 
 
 @njit(cache=True, nogil=True)
-def _decoder_entries(freq: np.ndarray, precision: int) -> np.ndarray:
-    entries = np.zeros(1 << precision, np.int64)
+def _fill_decoder_entries(freq: np.ndarray, entries: np.ndarray) -> None:
     slot = 0
     for s in range(freq.size):
         for k in range(min(freq[s], entries.size - slot)):  # the bound only matters for an invalid table
             entries[slot] = (np.int64(freq[s]) << 32) | (np.int64(k) << 16) | s
             slot += 1
-    return entries

@@ -131,28 +131,36 @@ def encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray) -> int:
     return np.int64(pos)
 
 
-@njit(cache=True, nogil=True)
 def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndarray) -> bool:
     """Decode ``out.size`` symbols from ``stream`` (uint8); return whether the stream was consistent.
 
     ``entries``: the decoder table (``entropy.FrequencyTable.decoder_entries``), ``1 << precision``
-    slots. Safety for hostile input: with ``x`` in ``[L, 2**31)`` and ``f <= 2**n``, the decode step
-    gives ``1 <= x' < 2**31`` and one renormalisation brings it back into ``[L, 2**31)``. Word reads
-    are clamped to the last word of the stream; running past its end is reported, never performed.
+    slots. The stream's words view and the lanes' states are made here, in numpy: the kernel then
+    neither allocates nor takes views, whose cached code would import ~50 ms of numba's array
+    implementation into every short command (see ``jit``).
+    """
+    if stream.size & 1:
+        return False
+    return _decode(stream.view(np.uint16), np.empty(WIDE_LANES, np.int64), precision, entries, out)
+
+
+@njit(cache=True, nogil=True)
+def _decode(words: np.ndarray, states: np.ndarray, precision: int, entries: np.ndarray, out: np.ndarray) -> bool:
+    """``decode`` of the stream as little-endian words (byte order checked at import); ``states``:
+    scratch for the lanes' states.
+
+    Safety for hostile input: with ``x`` in ``[L, 2**31)`` and ``f <= 2**n``, the decode step gives
+    ``1 <= x' < 2**31`` and one renormalisation brings it back into ``[L, 2**31)``. Word reads are
+    clamped to the last word of the stream; running past its end is reported, never performed.
     """
     n_lanes = lanes(out.size)
-    nbytes = stream.size
-    if nbytes < 4 * n_lanes or nbytes & 1 or entries.size != 1 << precision:
+    if words.size < 2 * n_lanes or entries.size != 1 << precision:
         return False
-    states = np.empty(n_lanes, np.int64)
     for lane in range(n_lanes):
-        x = np.int64(0)
-        for k in range(4):
-            x |= np.int64(stream[4 * lane + k]) << (8 * k)
+        x = np.int64(words[2 * lane]) | (np.int64(words[2 * lane + 1]) << 16)
         if x < STATE_LOW or x >= (np.int64(1) << STATE_BITS):
             return False
         states[lane] = x
-    words = stream.view(np.uint16)  # the whole stream as little-endian words (byte order checked at import)
     last = np.uint64(words.size - 1)  # reads are clamped here; p past the end is reported below, never performed
     mask = np.int64((1 << precision) - 1)
     p = np.uint64(2 * n_lanes)
@@ -164,7 +172,7 @@ def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndar
     for i in range(n_full, np.uint64(out.size)):  # the last, partial group of lanes
         lane = i - n_full
         states[lane], p = _renormalise(_symbol(states[lane], precision, mask, entries, out, i), words, p, last)
-    if 2 * p != np.uint64(nbytes):
+    if p != np.uint64(words.size):
         return False
     for lane in range(n_lanes):  # noqa: SIM110 - a loop, not ``.all()``: see ``jit`` on start-up
         if states[lane] != STATE_LOW:
