@@ -80,8 +80,7 @@ def finish(data: np.ndarray, p: int, end: int, n: int, v1: np.uint64, v2: np.uin
 def xxh64(data: np.ndarray, seed: int) -> int:
     """XXH64 of a contiguous uint8 array (read as native words: weightpack runs on little-endian machines).
 
-    The words view is made here, in numpy: the kernel takes none, whose cached code would import
-    numba's array implementation into every short command (see ``rans.decode``)."""
+    The words view is made here, in numpy, not in the kernel (a start-up rule: see ``jit``)."""
     return int(_xxh64(data, data[:data.size - data.size % 32].view(np.uint64), seed))
 
 

@@ -328,7 +328,7 @@ class FrequencyTable:
     def decoder_entries(self) -> np.ndarray:
         """The rANS decoder's table: per slot, ``freq << 32 | (slot - cum) << 16 | symbol`` (one lookup).
 
-        Allocated here, filled by a kernel that allocates nothing (see ``rans.decode`` on why)."""
+        Allocated here, in numpy, and filled by a kernel (a start-up rule: see ``jit``)."""
         entries = np.zeros(1 << self.precision, np.int64)
         _fill_decoder_entries(self.freq, entries)
         return entries

@@ -135,9 +135,8 @@ def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndar
     """Decode ``out.size`` symbols from ``stream`` (uint8); return whether the stream was consistent.
 
     ``entries``: the decoder table (``entropy.FrequencyTable.decoder_entries``), ``1 << precision``
-    slots. The stream's words view and the lanes' states are made here, in numpy: the kernel then
-    neither allocates nor takes views, whose cached code would import ~50 ms of numba's array
-    implementation into every short command (see ``jit``).
+    slots. The stream's words view and the lanes' states are made here, in numpy, not in the kernel
+    (a start-up rule: see ``jit``).
     """
     if stream.size & 1:
         return False
