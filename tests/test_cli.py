@@ -100,6 +100,15 @@ def test_verify_of_a_folder_checks_its_manifest(minilm_dirs: dict[str, Path], tm
     assert "missing model.wpk; not listed in weightpack.json: other.wpk" in capsys.readouterr().err
 
 
+def test_demo_names_each_step_while_it_runs(capsys: pytest.CaptureFixture) -> None:
+    """A first run is ~20 s of compiling: on a terminal the demo says what it is doing meanwhile."""
+    from weightpack.demo import run_demo
+
+    run_demo(quiet=True, progress=True)
+    err = capsys.readouterr().err
+    assert "0/6 done, F32: warm-up round trip" in err and "5/6 done, F16: timed round trip" in err
+
+
 def test_demo_round_trips_every_dtype_byte_for_byte(capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -192,7 +192,7 @@ def _pull(args: argparse.Namespace) -> dict:
 def _demo(args: argparse.Namespace) -> dict:
     from .demo import run_demo
 
-    return run_demo(threads=args.threads, quiet=args.quiet or args.json)
+    return run_demo(threads=args.threads, quiet=args.quiet or args.json, progress=args.progress)
 
 
 def _threads(text: str) -> int:

@@ -7,6 +7,7 @@ restored file is byte-identical (sha256) to the original.
 from __future__ import annotations
 
 import hashlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,21 +21,25 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def run_demo(threads: int | None = None, quiet: bool = False) -> dict:
+def run_demo(threads: int | None = None, quiet: bool = False, progress: bool = False) -> dict:
     """Run the round trip for each dtype; print a table unless ``quiet``; return the measurements.
 
     Each dtype's round trip runs once untimed first (the warm-up): which kernels a model needs
     depends on its data (a raw 10-bit chunk, a 1-bit plane), and on a new machine each one is
     compiled at its first use. Timing the second run shows the speed every later run gets.
+    ``progress``: name each step on stderr as it starts (a first run is ~20 s of compiling, which
+    a new user would otherwise watch in silence).
     """
     rows, warm_up_s = [], 0.0
-    with tempfile.TemporaryDirectory(prefix="weightpack-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="weightpack-demo-") as tmp, _Steps(progress) as step:
         for dtype in minilm.DTYPES:
             src = minilm.write_variant(Path(tmp) / dtype, dtype)
             checkpoint = src / minilm.CHECKPOINT
+            step(f"{dtype}: warm-up round trip (compiles the kernels on a machine's first run)")
             start = time.perf_counter()
             _round_trip(src, Path(tmp) / f"{dtype}-warm-up", threads)
             warm_up_s += time.perf_counter() - start
+            step(f"{dtype}: timed round trip")
             packed, restored, pack_s, unpack_s = _round_trip(src, Path(tmp) / dtype, threads)
             report = info(packed / "model.wpk")
             size = checkpoint.stat().st_size
@@ -60,6 +65,34 @@ def run_demo(threads: int | None = None, quiet: bool = False) -> dict:
               "go below it). benchmarks/RESULTS.md also quotes the classic order-0 limit of whole-byte planes.")
     return {"model": "all-MiniLM-L6-v2", "warm_up_seconds": warm_up_s, "results": rows,
             "ok": all(r["identical"] for r in rows)}
+
+
+class _Steps:
+    """A line on stderr counting the demo's steps and naming the one running (tqdm, imported only when
+    shown)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar, self._running = None, False
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=2 * len(minilm.DTYPES), file=sys.stderr, leave=False,
+                             bar_format="demo: {n_fmt}/{total_fmt} done, {desc} [{elapsed}]")
+
+    def __call__(self, what: str) -> None:
+        """Step ``what`` starts (the one before it, if any, is done)."""
+        if self._bar is not None:
+            self._bar.set_description_str(what, refresh=not self._running)
+            if self._running:
+                self._bar.update(1)  # shows the new description too
+            self._running = True
+
+    def __enter__(self) -> _Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _round_trip(src: Path, into: Path, threads: int | None) -> tuple[Path, Path, float, float]:
