@@ -549,14 +549,14 @@ _Fill = Callable[[np.ndarray], None]
 
 
 def warm_up_decoder() -> None:
-    """Load every decoding kernel (from numba's cache, or compiling it), so that a later decode does not wait
-    for that: run beside a download, it takes numba's start-up (~0.2 s, see ``jit``) off the critical path."""
+    """Load the decoding kernels that every model needs (from numba's cache, or compiling them), so that a
+    later decode does not wait for them: run beside a download, it takes numba's start-up (see ``jit``) off
+    the critical path. The others (a float format's merge, a rarer raw width) load at their first use:
+    warming up all three formats' merges compiled, on a machine's first run, ~0.6 s that a model of one
+    dtype never used."""
     decoder = codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, _TWO_SYMBOL_TABLE), "warm-up")  # parses it
     rans.decode(np.zeros(16, np.uint8), 1, decoder.shared.decoder_entries(), np.zeros(4, decoder.dtype))
-    for bits in (2, 6):
-        bitpack.unpack_into(np.zeros(bits, np.uint8), bits, np.zeros(8, decoder.dtype))
-    for dtype in ("BF16", "F16", "F32"):
-        planes.merge([np.zeros(8, decoder.dtype) for _ in dtypes.layout(dtype)], dtype)
+    bitpack.unpack_into(np.zeros(7, np.uint8), 6, np.zeros(9, decoder.dtype))  # BF16's and F32's sign + mantissa
     stripe_hash(np.zeros(8, np.uint8), 0)
 
 
