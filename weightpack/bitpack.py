@@ -6,6 +6,8 @@ coder can shrink costs exactly its width. 8- and 16-bit planes are plain little-
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .jit import njit
@@ -30,6 +32,7 @@ def _pack(symbols: np.ndarray, bits: int, out: np.ndarray) -> None:
         out[pos] = acc & 0xFF
 
 
+@functools.cache  # built at first use of a width: each compiled function costs ~0.5 ms to set up at import
 def _group_kernels(bits: int) -> tuple:
     """The fast loops for widths up to 7, where every 8 symbols fill exactly ``bits`` bytes, moved as
     one word: ``pack(symbols, out)`` and ``unpack(data, out)``, each returning how many symbols it did.
@@ -64,7 +67,6 @@ def _group_kernels(bits: int) -> tuple:
     return pack, unpack
 
 
-_GROUPS = {bits: _group_kernels(bits) for bits in range(1, 8)}
 
 
 @njit(cache=True, nogil=True)
@@ -89,7 +91,7 @@ def pack(symbols: np.ndarray, bits: int) -> bytes:
     if bits in (8, 16):
         return symbols.astype(symbols.dtype.newbyteorder("<"), copy=False).tobytes()
     out = np.zeros(packed_size(symbols.size, bits), np.uint8)
-    done = _GROUPS[bits][0](symbols, out) if bits < 8 else 0
+    done = _group_kernels(bits)[0](symbols, out) if bits < 8 else 0
     _pack(symbols[done:], bits, out[done * bits // 8:])
     return out.tobytes()
 
@@ -102,5 +104,5 @@ def unpack_into(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
     if bits in (8, 16):
         out[:] = data.view(np.dtype(f"<u{bits // 8}"))
         return True
-    done = _GROUPS[bits][1](data, out) if bits < 8 else 0
+    done = _group_kernels(bits)[1](data, out) if bits < 8 else 0
     return _unpack(data[done * bits // 8:], bits, out[done:])
