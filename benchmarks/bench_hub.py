@@ -1,6 +1,6 @@
 """Time to model: a packed Hub repo against the original, through the same bandwidth-capped loopback Hub.
 
-    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--cold] [--json out.json]
+    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--shards 1] [--cold] [--json out.json]
 
 The Hub is the test suite's Hub-compatible server (tests/hub_server.py) on 127.0.0.1, sending each
 download no faster than the rate (MB/s). Two repos hold the same model: the original files, and the
@@ -20,7 +20,7 @@ server's memory, which a forked child's ru_maxrss would inherit, is not counted)
 cache plus the destination afterwards. The server is Python on the same 2 cores as the client:
 the rate is a cap, and "achieved" says what the original repo's download really reached.
 Models: MiniLM BF16 and F32 (real weights) and a synthetic BF16 checkpoint of ``--gib`` GiB
-(tools/make_large_checkpoint.py; for size, not ratio).
+(tools/make_large_checkpoint.py; for size, not ratio), in ``--shards`` files as a large model is.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="100,500,1000", help="link rates in MB/s")
     parser.add_argument("--gib", type=float, default=1.0, help="size of the synthetic checkpoint (0: skip it)")
+    parser.add_argument("--shards", type=int, default=1, help="files the synthetic checkpoint is split into")
     parser.add_argument("--cold", action="store_true",
                         help="also pull each packed repo to files with an empty numba cache (a first run)")
     parser.add_argument("--json", type=Path)
@@ -112,9 +113,13 @@ def main() -> None:
         if args.gib:
             big = tmp / "synthetic"
             big.mkdir()
-            subprocess.run([sys.executable, str(REPO / "tools" / "make_large_checkpoint.py"),
-                            str(big / "model.safetensors"), "--gib", str(args.gib)], check=True)
-            models.append((f"synthetic BF16 {args.gib:g} GiB", big, False))
+            names = (["model.safetensors"] if args.shards == 1 else
+                     [f"model-{k:05d}-of-{args.shards:05d}.safetensors" for k in range(1, args.shards + 1)])
+            for seed, name in enumerate(names):  # seeds differ: no shard is a copy of another
+                subprocess.run([sys.executable, str(REPO / "tools" / "make_large_checkpoint.py"), str(big / name),
+                                "--gib", str(args.gib / args.shards), "--seed", str(seed)], check=True)
+            shards = f" in {args.shards} shards" if args.shards > 1 else ""
+            models.append((f"synthetic BF16 {args.gib:g} GiB{shards}", big, False))
         print("| model | link cap MB/s (achieved) | step | original repo | packed repo | speed-up | "
               "peak RSS orig / packed | disk orig / packed |")
         print("|---|---|---|---|---|---|---|---|")

@@ -7,7 +7,8 @@ resolve/download (HEAD and GET, with ETag, X-Repo-Commit, Content-Length and Ran
 kept in memory as git-like commits: a commit is a full {path: bytes} snapshot with a sha1 id.
 
 ``cut_off`` makes downloads of a path stop halfway through the body, as a dropped connection does.
-``rate`` (bytes per second, None for unlimited) caps how fast each download is sent, as a link would.
+``rate`` (bytes per second, None for unlimited) caps how fast downloads are sent, all of them together,
+as a link would: concurrent downloads (a repo of several files) share it.
 Any request it does not know is answered 404 and recorded in ``unknown`` so a test can show it.
 """
 
@@ -66,6 +67,8 @@ class FakeHub:
         self.rate: float | None = None
         self.unknown: list[str] = []
         self.lock = threading.Lock()
+        self.link_free_at = 0.0  # when the link has sent every piece handed to it so far (perf_counter time)
+        self.link_lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -251,12 +254,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self._send(status, body, headers)
 
         def _send_paced(self, status: int, body: bytes, headers: dict[str, str], rate: float) -> None:
-            """Send the body no faster than ``rate`` bytes per second, a piece at a time."""
+            """Send the body a piece at a time, each piece taking its turn on the shared link (``rate``
+            bytes per second for all downloads together)."""
             self._send(status, b"", headers, length=len(body))
-            start, piece, view = time.perf_counter(), 1 << 18, memoryview(body)
+            piece, view = 1 << 18, memoryview(body)
             for offset in range(0, len(body), piece):
-                self.wfile.write(view[offset:offset + piece])
-                ahead = (offset + piece) / rate - (time.perf_counter() - start)
+                chunk = view[offset:offset + piece]
+                with hub.link_lock:  # the link carries this piece after the pieces handed to it before
+                    hub.link_free_at = max(hub.link_free_at, time.perf_counter()) + len(chunk) / rate
+                    done_at = hub.link_free_at
+                self.wfile.write(chunk)
+                ahead = done_at - time.perf_counter()
                 if ahead > 0:
                     time.sleep(ahead)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,21 @@ def test_an_archive_is_decoded_while_it_downloads(hub: FakeHub, minilm_dirs: dic
     hub.rate = 40e6  # ~0.75 s for the 30 MB archive
     assert sha256_tree(_pull(hub, tmp_path, "erin/stream")) == sha256_tree(minilm_dirs["BF16"])
     assert False in seen, "no stripe was read before the download finished"
+
+
+def test_the_next_shard_downloads_while_the_one_before_is_still_decoding(
+        hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sharded model: each archive's download starts once the one before it has downloaded, not once
+    it is decoded, so the link carries the next shard while the last stripes of a shard decode."""
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for k, dtype in enumerate(("BF16", "F16"), 1):  # two different checkpoints, so that neither is a copy
+        shutil.copyfile(minilm_dirs[dtype] / "model.safetensors", sharded / f"model-0000{k}-of-00002.safetensors")
+    wh.push(sharded, "erin/sharded", token=TOKEN, endpoint=hub.url)
+    under_way = []
+    opened = wh.RepoFiles.archive
+    monkeypatch.setattr(wh.RepoFiles, "archive",
+                        lambda self, name, *a: under_way.append(name in self._downloads) or opened(self, name, *a))
+    hub.rate = 100e6
+    assert sha256_tree(_pull(hub, tmp_path, "erin/sharded")) == sha256_tree(sharded)
+    assert under_way == [False, True]

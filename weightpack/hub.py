@@ -9,8 +9,10 @@ ready for ``transformers``' ``from_pretrained(DIR)``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -131,10 +133,10 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
             names = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=commit)
 
     if record_path is not None and not is_offline_mode():
-        source = RepoFiles(repo_id, commit, progress=progress, **options)
         with _about_repo(repo_id):
             record = manifest.read(record_path.parent)
             record.check_listing(Path(f"commit {commit[:12]}"), names)
+            source = RepoFiles(repo_id, commit, progress=progress, archives=list(record.archives), **options)
             return api.unpack_from(record, source, dst, overwrite=overwrite, threads=threads, progress=progress,
                                    base=base)
     with _hub_errors(repo_id), _hub_bars(progress):  # offline (the cache only), or a repo that is not packed
@@ -171,14 +173,22 @@ class RepoFiles:
     file is cached already, the server ignores ranges, the download's temporary file is not found,
     the archive refers to a sibling), the archive is decoded once downloaded. What is streamed is
     checked like anything else: every chunk's checksum and every stripe's XXH64.
+
+    Archives are restored one after the other, in the order of ``archives``; the next one starts
+    downloading as soon as the one before it has *downloaded*, not once it is decoded. Decoding a
+    file's last stripes and fetching the next one's index then happen while the link carries the
+    next file, instead of leaving the link idle between the shards of a large model.
     """
 
     FIND_PARTIAL_S = 10.0  # how long to look for the download's temporary file before decoding after it
 
     def __init__(self, repo_id: str, commit: str, *, token: str | None, cache_dir: str | os.PathLike | None,
-                 endpoint: str | None, progress: bool = False) -> None:
+                 endpoint: str | None, progress: bool = False, archives: list[str] | None = None) -> None:
         self.repo_id, self.commit, self.progress = repo_id, commit, progress
         self.token, self.cache_dir, self.endpoint = token, cache_dir, endpoint
+        self._next = dict(itertools.pairwise(archives or []))  # the archive restored after each one
+        self._downloads: dict[str, Future] = {}
+        self._lock = threading.Lock()
 
     def file(self, name: str) -> Path:
         from huggingface_hub import hf_hub_download
@@ -187,19 +197,43 @@ class RepoFiles:
             return Path(hf_hub_download(self.repo_id, name, revision=self.commit, token=self.token,
                                         cache_dir=self.cache_dir, endpoint=self.endpoint))
 
+    def _download(self, name: str) -> Future:
+        """The download of ``name`` into the cache, started now unless it is under way; once it has
+        succeeded, the next archive's starts.
+
+        On a daemon thread: if the pull fails meanwhile, a download of the next archive is not waited
+        for (huggingface_hub resumes its partial file at the next pull), and never holds up the exit.
+        """
+        with self._lock:
+            future = self._downloads.get(name)
+            if future is None:
+                future = self._downloads[name] = Future()
+                threading.Thread(target=self._fetch, args=(name, future), daemon=True,
+                                 name="weightpack-download").start()
+        return future
+
+    def _fetch(self, name: str, future: Future) -> None:
+        try:
+            path = self.file(name)
+        except BaseException as exc:  # handed to whoever opens the archive
+            future.set_exception(exc)
+            return
+        future.set_result(path)
+        if name in self._next:
+            self._download(self._next[name])
+
     @contextmanager
     def archive(self, name: str, pool: ThreadPoolExecutor, base: BaseSet | None) -> Iterator[ArchiveReader]:
-        with ThreadPoolExecutor(1, thread_name_prefix="weightpack-download") as downloader:
-            download = downloader.submit(self.file, name)
-            streamed = self._streamed(name, download, pool, base)
-            if streamed is None:
-                with ArchiveReader(download.result(), pool, base) as reader:
-                    yield reader
-                return
-            reader, arrival = streamed
-            with arrival, reader:
+        download = self._download(name)
+        streamed = self._streamed(name, download, pool, base)
+        if streamed is None:
+            with ArchiveReader(download.result(), pool, base) as reader:
                 yield reader
-            download.result()  # the cache holds the whole file, checked by huggingface_hub
+            return
+        reader, arrival = streamed
+        with arrival, reader:
+            yield reader
+        download.result()  # the cache holds the whole file, checked by huggingface_hub
 
     def _streamed(self, name: str, download: Future, pool: ThreadPoolExecutor,
                   base: BaseSet | None) -> tuple[ArchiveReader, _Arrival] | None:
