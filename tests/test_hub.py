@@ -225,3 +225,22 @@ def test_the_next_shard_downloads_while_the_one_before_is_still_decoding(
     hub.rate = 100e6
     assert sha256_tree(_pull(hub, tmp_path, "erin/sharded")) == sha256_tree(sharded)
     assert under_way == [False, True]
+
+
+def test_from_pretrained_decodes_each_archive_while_it_downloads(
+        hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time to a ready model: weights decode into memory as their bytes arrive, not after the
+    whole repo has downloaded."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    wh.push(minilm_dirs["BF16"], "erin/streamed-model", token=TOKEN, endpoint=hub.url)
+    seen = []
+    wait = wh._Arrival.__call__
+    monkeypatch.setattr(wh._Arrival, "__call__", lambda self, end: seen.append(self.download.done()) or wait(self, end))
+    hub.rate = 40e6  # ~0.75 s for the 30 MB archive
+    model = weightpack.from_pretrained(transformers.AutoModel, "erin/streamed-model", token=TOKEN, endpoint=hub.url,
+                                       cache_dir=tmp_path / "cache")
+    reference = transformers.AutoModel.from_pretrained(minilm_dirs["BF16"])
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert False in seen, "no stripe was read before the download finished"

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import manifest
+from .api import FolderSource, workers
 from .container import KIND_BYTES, Segment
 from .errors import FormatError, WeightpackError, about
 from .safetensors_layout import parse_header
@@ -191,8 +192,7 @@ class safe_open:
             with about(self.path):
                 decoded = gpu.decode(self._reader, names, torch.cuda.current_device() if index is None else index)
             return {n: _cuda_tensor(decoded[n], s.dtype, s.shape, self.device) for n, s in segments.items()}
-        return {n: _as_framework(self._reader.segment_bytes(s), s.dtype, s.shape, self.framework)
-                for n, s in segments.items()}
+        return _decoded(self._reader, segments, self.framework)
 
     def get_slice(self, name: str) -> TensorSlice:
         return TensorSlice(self, self._segment(name))
@@ -211,15 +211,29 @@ def load_file(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threa
         return f.get_tensors(f.keys())
 
 
+def _decoded(reader: ArchiveReader, segments: dict[str, Segment], framework: str) -> dict:
+    """Tensors ``segments`` of an archive, decoded on the CPU, as ``framework`` arrays."""
+    return {n: _as_framework(reader.segment_bytes(s), s.dtype, s.shape, framework) for n, s in segments.items()}
+
+
 def load_folder(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threads: int | None = None,
-                base: str | os.PathLike | None = None, device: str = "cpu") -> dict:
+                base: str | os.PathLike | None = None, device: str = "cpu", source: FolderSource | None = None) -> dict:
     """One state dict from every archive of a packed model folder (all shards), without writing files.
 
     A missing folder, or one that is not packed (no ``weightpack.json``), is an error rather than an
     empty state dict: loaded with ``strict=False``, that would be a randomly initialised model.
+    ``source``: where the archives come from, if not from ``path`` (a Hub repo, ``hub.RepoFiles``:
+    each archive then decodes on the CPU as it downloads, with the next one downloading meanwhile).
     """
     folder = Path(path)
     state: dict = {}
-    for name in manifest.read(folder).archives:
-        state.update(load_file(folder / name, framework, threads, base, device))
+    if source is None or _on_gpu(device, framework):
+        for name in manifest.read(folder).archives:
+            state.update(load_file(folder / name, framework, threads, base, device))
+        return state
+    framework = "pt" if framework in ("pt", "torch") else "np"
+    with workers(threads, base) as (pool, base_set):
+        for name in manifest.read(folder).archives:
+            with source.archive(name, pool, base_set) as reader, about(Path(name)):
+                state.update(_decoded(reader, reader.tensors, framework))
     return state

@@ -9,14 +9,17 @@ to transformers unchanged. transformers and torch are imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from . import manifest
 from .errors import WeightpackError
+from .hub import RepoFiles, _about_repo, _hub_errors
 from .loading import load_folder
-from .paths import MANIFEST
+from .paths import MANIFEST, WPK
 from .wpkfile import warm_up_decoder
 
 
@@ -31,13 +34,15 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
     the decoder (``base``: the base checkpoint a delta folder was packed against). A ``device_map``
     naming one GPU has the weights decoded on that GPU (``weightpack.gpu``), straight into its memory.
     """
-    folder = _packed_folder(repo_id_or_path, revision=revision, token=token, cache_dir=cache_dir,
-                            endpoint=endpoint)
-    if folder is None:
+    device = _one_gpu(kwargs.get("device_map"))
+    packed = _packed_folder(repo_id_or_path, stream=device == "cpu", revision=revision, token=token,
+                            cache_dir=cache_dir, endpoint=endpoint)
+    if packed is None:
         hub = {k: v for k, v in (("revision", revision), ("token", token), ("cache_dir", cache_dir)) if v}
         return model_class.from_pretrained(repo_id_or_path, **hub, **kwargs)
     from transformers import AutoConfig
 
+    folder, source = packed
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(folder)
     mapping = getattr(model_class, "_model_mapping", None)  # an Auto class: the concrete class for this config
     if mapping is not None:
@@ -46,8 +51,8 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
         except KeyError:
             raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
                                   f"{type(config).__name__}") from None
-    device = _one_gpu(kwargs.get("device_map"))
-    state = load_folder(folder, framework="pt", threads=threads, base=base, device=device)
+    with _about_repo(source.repo_id) if source is not None else contextlib.nullcontext():
+        state = load_folder(folder, framework="pt", threads=threads, base=base, device=device, source=source)
     return model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
 
 
@@ -62,26 +67,38 @@ def _one_gpu(device_map: Any) -> str:
     return text if text == "cuda" or text.startswith("cuda:") else "cpu"
 
 
-def _packed_folder(repo_id_or_path: str | os.PathLike, **hub: Any) -> Path | None:
-    """The local packed folder (downloaded if a repo id), or None if it is not packed."""
+def _packed_folder(repo_id_or_path: str | os.PathLike, stream: bool,
+                   **hub: Any) -> tuple[Path, RepoFiles | None] | None:
+    """The local packed folder, and where its archives come from; None if it is not packed.
+
+    A local folder holds its archives. A repo id is downloaded into huggingface_hub's cache: all of
+    it, or with ``stream`` (decoding on the CPU, online), all but its archives, which then come
+    from the returned ``hub.RepoFiles`` and decode as they download.
+    """
     path = Path(repo_id_or_path)
     if path.is_dir():
-        return path if (path / MANIFEST).is_file() else None
+        return (path, None) if (path / MANIFEST).is_file() else None
     from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.constants import is_offline_mode
     from huggingface_hub.errors import EntryNotFoundError
 
-    from .hub import _hub_errors
-
     repo_id = os.fspath(repo_id_or_path)
+    stream = stream and not is_offline_mode()
     with _hub_errors(repo_id):
         try:
-            manifest = Path(hf_hub_download(repo_id, MANIFEST, **hub))
+            record_path = Path(hf_hub_download(repo_id, MANIFEST, **hub))
         except EntryNotFoundError:
             return None
         # Packed: load the decoding kernels (numba's start-up) while the rest downloads. A plain repo never
         # pays for it; numba serialises a kernel's first load, so decoding later simply finds it ready.
         threading.Thread(target=warm_up_decoder, daemon=True).start()
-        folder = Path(snapshot_download(repo_id, **{**hub, "revision": manifest.parent.name}))
+        commit = record_path.parent.name  # the cache's snapshot folder is named by the commit: pinned to it
+        folder = Path(snapshot_download(repo_id, **{**hub, "revision": commit},
+                                        ignore_patterns=[f"*{WPK}"] if stream else None))
     if not (folder / MANIFEST).is_file():
         raise WeightpackError(f"{repo_id}: {MANIFEST} disappeared from the download")
-    return folder
+    if not stream:
+        return folder, None
+    archives = list(manifest.read(folder).archives)
+    return folder, RepoFiles(repo_id, commit, token=hub.get("token"), cache_dir=hub.get("cache_dir"),
+                             endpoint=hub.get("endpoint"), archives=archives)
