@@ -1,7 +1,8 @@
 """A transformers model straight from a packed folder or Hub repo: no safetensors copy on disk.
 
 ``from_pretrained(AutoModel, "user/model-wpk")`` downloads the packed repo (huggingface_hub's cache,
-revision, token and offline mode apply), decodes its archives into one state dict and hands it to
+revision, token and offline mode apply), decodes its archives into one state dict (on the CPU, each
+archive as it downloads, as ``pull`` does: see ``hub.RepoFiles``) and hands it to
 ``model_class.from_pretrained`` with the folder's own config: transformers does the rest (dtype,
 tied weights, missing keys) as for any checkpoint. A folder or repo that is not packed is passed
 to transformers unchanged. transformers and torch are imported only here.
