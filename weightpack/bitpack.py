@@ -67,8 +67,6 @@ def _group_kernels(bits: int) -> tuple:
     return pack, unpack
 
 
-
-
 @njit(cache=True, nogil=True)
 def _unpack(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
     acc, filled, pos = np.int64(0), 0, 0

@@ -77,16 +77,10 @@ def finish(data: np.ndarray, p: int, end: int, n: int, v1: np.uint64, v2: np.uin
     return h ^ (h >> np.uint64(32))
 
 
-def xxh64(data: np.ndarray, seed: int) -> int:
-    """XXH64 of a contiguous uint8 array (read as native words: weightpack runs on little-endian machines).
-
-    The words view is made here, in numpy, not in the kernel (a start-up rule: see ``jit``)."""
-    return int(_xxh64(data, data[:data.size - data.size % 32].view(np.uint64), seed))
-
-
 @njit(cache=True, nogil=True)
 def _xxh64(data: np.ndarray, words: np.ndarray, seed: int) -> np.uint64:
-    """``xxh64``, given ``data``'s whole 32-byte blocks as ``words`` (uint64)."""
+    """XXH64 of a contiguous uint8 array, given its whole 32-byte blocks as ``words`` (uint64, read as
+    native words: weightpack runs on little-endian machines)."""
     n = data.size
     seed = np.uint64(seed)
     v1, v2, v3, v4 = seed + P1 + P2, seed + P2, seed, seed - P1
@@ -114,4 +108,7 @@ def stripe_hash(data: np.ndarray, offset: int) -> int:
 
 
 def _xxh64_of(data: np.ndarray, seed: int) -> int:
-    return xxh64(np.ascontiguousarray(data).view(np.uint8).reshape(-1), seed)
+    """XXH64 of ``data``'s bytes. Its byte and word views are made here, in numpy, not in the kernel (a
+    start-up rule: see ``jit``)."""
+    data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    return int(_xxh64(data, data[:data.size - data.size % 32].view(np.uint64), seed))

@@ -23,7 +23,7 @@ cached code refers to ``numba.np.arraymath``, whose import costs ~0.3 s when sci
 (it probes scipy's BLAS); loops say the same and load in milliseconds. And no allocating or viewing
 arrays (``np.empty``, ``a.view``): that cached code refers to ``numba.np.arrayobj``, whose import
 (with the string code it pulls in) costs ~50 ms; the Python caller allocates and makes the views in
-numpy (``rans.decode``, ``checksum.xxh64``, ``FrequencyTable.decoder_entries``).
+numpy (``rans.decode``, ``checksum.stripe_hash``, ``FrequencyTable.decoder_entries``).
 """
 
 from __future__ import annotations
