@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import math
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
 from weightpack import dtypes, minilm
 from weightpack.safetensors_layout import write
+from weightpack.wpkfile import JOB_BYTES, ArchiveReader
 
 from .conftest import sha256_tree
 
@@ -117,3 +120,31 @@ def test_any_checkpoint_layout_round_trips(tmp_path: Path, checkpoint: tuple, ga
     packed = weightpack.pack(path, tmp_path / "x.wpk", overwrite=True)
     restored = weightpack.unpack(packed, tmp_path / "y.safetensors", overwrite=True)
     assert restored.read_bytes() == path.read_bytes()
+
+
+class _CountingPool(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.jobs = 0
+
+    def submit(self, *args: object, **kwargs: object) -> Future:
+        self.jobs += 1
+        return super().submit(*args, **kwargs)
+
+
+def test_small_tensors_decode_in_shared_jobs(tmp_path: Path) -> None:
+    """Handing a job to a worker costs more than decoding a bias: 600 small tensors (1.2 MB) are restored, and
+    loaded, in a job per ~JOB_BYTES of output, not in one job each."""
+    rng = np.random.default_rng(0)
+    tensors = {f"layer.{i}.bias": (rng.standard_normal(1000) * 0.02).astype(np.float16) for i in range(600)}
+    src = tmp_path / "biases.safetensors"
+    safetensors.numpy.save_file(tensors, src)
+    wpk = weightpack.pack(src, tmp_path / "biases.wpk")
+    with _CountingPool() as pool, ArchiveReader(wpk, pool) as reader:
+        reader.restore(None)
+        restored_in = pool.jobs
+        loaded = dict(zip(reader.tensors, reader.segments_bytes(reader.tensors.values())))
+        loaded_in = pool.jobs - restored_in
+    assert restored_in <= math.ceil(src.stat().st_size / JOB_BYTES)
+    assert loaded_in <= math.ceil(src.stat().st_size / JOB_BYTES)
+    assert all(loaded[name].view(np.float16).tolist() == t.tolist() for name, t in tensors.items())

@@ -213,7 +213,8 @@ def load_file(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threa
 
 def _decoded(reader: ArchiveReader, segments: dict[str, Segment], framework: str) -> dict:
     """Tensors ``segments`` of an archive, decoded on the CPU, as ``framework`` arrays."""
-    return {n: _as_framework(reader.segment_bytes(s), s.dtype, s.shape, framework) for n, s in segments.items()}
+    datas = reader.segments_bytes(segments.values())
+    return {n: _as_framework(data, s.dtype, s.shape, framework) for (n, s), data in zip(segments.items(), datas)}
 
 
 def load_folder(path: str | os.PathLike, framework: str = DEFAULT_FRAMEWORK, threads: int | None = None,

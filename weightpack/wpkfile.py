@@ -17,7 +17,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import closing
 from itertools import zip_longest
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -501,42 +501,64 @@ class ArchiveReader:
         Only the stripes holding them are decoded, in parallel, each straight into its place.
         """
         end = seg.count if end is None else end
-        size = seg.itemsize
-        stripes = self._stripes(seg, first, end)
-        if not stripes:
-            return np.empty(0, np.uint8)
-        lo = stripes[0][0] * seg.stripe
+        data, pieces, lo = self._plan(seg, first, end)
+        self._fill_all(pieces, parallel)
+        return data[(first - lo) * seg.itemsize:(end - lo) * seg.itemsize]
+
+    def segments_bytes(self, segments: Iterable[Segment]) -> list[np.ndarray]:
+        """The original bytes of whole segments (uint8 each), checksums verified: ``segment_bytes`` of each,
+        but the small ones decode side by side too (a model's biases and norms)."""
+        plans = [self._plan(seg, 0, seg.count) for seg in segments]
+        self._fill_all([piece for _, pieces, _ in plans for piece in pieces], parallel=True)
+        return [data for data, _, _ in plans]
+
+    def _plan(self, seg: Segment, first: int, end: int) -> tuple[np.ndarray, list[tuple[np.ndarray, _Fill]], int]:
+        """An array for the stripes holding elements ``first`` to ``end`` of ``seg``, each stripe's part of it
+        with its ``fill``, and the first element the array holds."""
+        size, stripes = seg.itemsize, self._stripes(seg, first, end)
+        lo = stripes[0][0] * seg.stripe if stripes else first
         data = np.empty(sum(n for _, n, _ in stripes) * size, np.uint8)
-        jobs = [functools.partial(fill, data[(k * seg.stripe - lo) * size:(k * seg.stripe - lo + n) * size])
-                for k, n, fill in stripes]
-        for _ in ordered_map(self.pool if parallel else None, jobs):
+        return data, [(data[(k * seg.stripe - lo) * size:(k * seg.stripe - lo + n) * size], fill)
+                      for k, n, fill in stripes], lo
+
+    def _fill_all(self, pieces: list[tuple[np.ndarray, _Fill]], parallel: bool) -> None:
+        """``fill(out)`` of every piece, in jobs of at least ``JOB_BYTES`` on the pool (here if one job)."""
+        def job(group: list[tuple[np.ndarray, _Fill]]) -> None:
+            for out, fill in group:
+                fill(out)
+        groups = list(_grouped(pieces, lambda piece: piece[0].size))
+        pool = self.pool if parallel and len(groups) > 1 else None
+        for _ in ordered_map(pool, [functools.partial(job, group) for group in groups]):
             pass
-        return data[(first - lo) * size:(end - lo) * size]
 
     def restore(self, out: int | None, progress: Progress = lambda n: None, sha256: bool = False) -> None:
         """Decode the whole original file into file descriptor ``out`` (or nowhere).
 
-        Every stripe is checked against its XXH64 by the worker that decoded it, and written by it
-        at its offset (``os.pwrite``): nothing serial but scheduling. ``sha256``: also check the
-        original file's sha256 (one serial pass over the bytes, in order; see checksum.py).
+        Every stripe is checked against its XXH64 by the worker that decoded it; a job's stripes are
+        consecutive, and it writes them at their offset (``os.pwrite``) itself: nothing serial but
+        scheduling. ``sha256``: also check the original file's sha256 (one serial pass over the bytes,
+        in order; see checksum.py).
         """
         digest = hashlib.sha256() if sha256 else None
 
-        def restore_stripe(fill: _Fill, n: int, offset: int) -> np.ndarray | int:
-            data = np.empty(n, np.uint8) if digest is not None else _SCRATCH.get("out", n, np.uint8)
-            fill(data)
+        def restore_job(stripes: list[tuple[int, _Fill]], offset: int) -> np.ndarray | int:
+            size = sum(n for n, _ in stripes)
+            data = np.empty(size, np.uint8) if digest is not None else _SCRATCH.get("out", size, np.uint8)
+            at = 0
+            for n, fill in stripes:
+                fill(data[at:at + n])
+                at += n
             if out is not None:
                 write_at(out, data, offset)
-            return data if digest is not None else n
+            return data if digest is not None else size
 
         def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
+            stripes = ((n * seg.itemsize, fill) for seg in self.index.segments for _, n, fill in self._stripes(seg))
             offset = 0
-            for seg in self.index.segments:
-                size = seg.itemsize
-                for _, n, fill in self._stripes(seg):
-                    yield functools.partial(restore_stripe, fill, n * size, offset)
-                    offset += n * size
-        for result in ordered_map(self.pool, jobs()):  # stripes of small tensors decode side by side too
+            for group in _grouped(stripes, lambda stripe: stripe[0]):
+                yield functools.partial(restore_job, group, offset)
+                offset += sum(n for n, _ in group)
+        for result in ordered_map(self.pool, jobs()):  # the stripes of small tensors decode side by side too
             if digest is not None:
                 digest.update(result)
                 result = result.size
@@ -546,6 +568,26 @@ class ArchiveReader:
 
 
 _Fill = Callable[[np.ndarray], None]
+T = TypeVar("T")
+
+# Stripes are decoded in jobs of at least this many bytes of output. Handing a job to a worker costs
+# ~150 us here whatever its size (its future, waking the worker, and the GIL changing hands at each
+# of its kernels' calls while the main thread runs too): one job per stripe made a bias of 384
+# elements cost 4x its decoding, and MiniLM has 66 of them.
+JOB_BYTES = 1 << 20
+
+
+def _grouped(items: Iterable[T], nbytes: Callable[[T], int]) -> Iterator[list[T]]:
+    """Consecutive ``items`` in groups of at least ``JOB_BYTES`` (the last one may hold less)."""
+    group, size = [], 0
+    for item in items:
+        group.append(item)
+        size += nbytes(item)
+        if size >= JOB_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def warm_up_decoder() -> None:
