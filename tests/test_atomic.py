@@ -154,7 +154,7 @@ def test_a_large_tensor_read_block_by_block_on_a_pool_matches_one_thread(tmp_pat
     with ThreadPoolExecutor(2) as pool:
         for splitters in (None, pool):
             with open(tmp_path / "t.safetensors", "rb") as f, wpkfile._Sha256Behind() as digest:
-                item = wpkfile._read_tensor(f.fileno(), tensor, digest, splitters)
+                item = wpkfile._read_in_blocks(f.fileno(), tensor, digest, splitters)
                 results.append((item.key, item.hashes, digest.digest(), [p.tobytes() for p in item.planes]))
     assert results[0] == results[1]
     assert results[1][3] == [p.tobytes() for p in planes.split(values.view(np.uint8), "BF16")]

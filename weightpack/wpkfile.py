@@ -120,20 +120,20 @@ def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int
     return [stripe_hash(data[a:a + stripe_bytes], offset + a) for a in range(0, data.size, stripe_bytes)]
 
 
-def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: Executor | None) -> _TensorInput:
-    """Read a tensor, hashing it. A tensor of one block is kept as bytes (split and checksummed later,
-    by the thread that codes it); a larger one is read, checksummed and split a block at a time, the
-    blocks side by side on ``pool``, so that only its planes are held (about its size), never its bytes
-    and its planes together. The sha256 is fed here, in file order.
+def _whole_tensor(fd: int, tensor: TensorEntry, data: np.ndarray) -> _TensorInput:
+    """A tensor read whole (``data``, its bytes): split and checksummed later, by the thread that codes it."""
+    return _TensorInput(tensor, dedup_key(data), lambda a, b: read_exact(fd, tensor.start + a, b - a), data=data)
+
+
+def _read_in_blocks(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: Executor | None) -> _TensorInput:
+    """Read a large tensor, hashing it: read, checksummed and split a block at a time, the blocks side by
+    side on ``pool``, so that only its planes are held (about its size), never its bytes and its planes
+    together. The sha256 is fed here, in file order.
     """
     size, count = dtypes.itemsize(tensor.dtype), (tensor.end - tensor.start) // dtypes.itemsize(tensor.dtype)
 
     def read(a: int, b: int) -> np.ndarray:
         return read_exact(fd, tensor.start + a, b - a)
-    if count <= READ_ELEMENTS:
-        data = read(0, count * size)
-        digest.update(data)
-        return _TensorInput(tensor, dedup_key(data), read, data=data)
     arrays = [np.empty(count, spec.symbol_dtype) for spec in dtypes.layout(tensor.dtype)]
 
     def block(first: int) -> tuple[np.ndarray, list[int]]:
@@ -149,6 +149,12 @@ def _read_tensor(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: Exec
             key = dedup_key(data)
         hashes += block_hashes
     return _TensorInput(tensor, key, read, planes=arrays, hashes=hashes)
+
+
+def _large(span: tuple[int, int, TensorEntry | None]) -> bool:
+    """Whether a span is coded with its chunks spread over the pool (a tensor of it is read in blocks)."""
+    start, end, tensor = span
+    return (end - start) // (dtypes.itemsize(tensor.dtype) if tensor else 1) > READ_ELEMENTS
 
 
 def dedup_key(first_block: np.ndarray) -> int:
@@ -246,7 +252,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
                 base: BaseSet | None, dedup: Dedup | None, archive: str) -> Index:
     segments: list[Segment] = []
     sources = _Sources()
-    pending: deque[tuple[Segment, Future]] = deque()
+    pending: deque[tuple[list[Segment], Future]] = deque()
     write_preamble(out)
     offset = written_back = PREAMBLE.size
 
@@ -269,26 +275,49 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
 
     def flush(limit: int) -> None:
         while len(pending) > limit:
-            seg, future = pending.popleft()
-            emit(seg, future.result())
+            segs, future = pending.popleft()
+            for seg, coded in zip(segs, future.result()):
+                emit(seg, coded)
+
+    def code_small(codes: list[Callable[[Executor | None], Coded]]) -> list[Coded]:
+        """Code small segments whole, one after the other, on the worker running this (chunks materialised here)."""
+        return [[(record, list(chunks)) for record, chunks in code(None)] for code in codes]
+
+    batch: list[tuple[Segment, Callable[[Executor | None], Coded]]] = []
+    batch_bytes = 0
+
+    def submit_batch() -> None:
+        """Hand the small segments gathered to a worker as one job: handing a job over costs more than coding a
+        bias, and MiniLM has 66 of them."""
+        nonlocal batch_bytes
+        if batch:
+            pending.append(([seg for seg, _ in batch], pool.submit(code_small, [code for _, code in batch])))
+            batch.clear()
+            batch_bytes = 0
+            flush(WINDOW_PER_THREAD * getattr(pool, "_max_workers", PARALLEL_CHUNKS))
 
     # With one coding thread, the reading thread is the second core: it splits the blocks itself.
     splitters = pool if getattr(pool, "_max_workers", 1) > 1 else None
     with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest, splitters)) as reads:
-        for (start, end, tensor), item in reads:
+        for span, item in reads:
+            start, end, tensor = span
             if tensor is None:
                 seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
                               hashes=_stripe_hashes(item, codec.BYTES_CHUNK, start))
                 code = lambda p, d=item: [codec.encode_bytes(d, p)]  # noqa: E731
             else:
                 seg, code = _tensor_segment(src, item, base, dedup, archive, sources)
-            if seg.count > READ_ELEMENTS:
+            if _large(span):
+                submit_batch()
                 flush(0)
                 emit(seg, code(pool))
-            else:  # materialise the chunks on the worker, so that the coding happens there
-                pending.append((seg, pool.submit(lambda c=code: [(r, list(chunks)) for r, chunks in c(None)])))
-                flush(WINDOW_PER_THREAD * getattr(pool, "_max_workers", PARALLEL_CHUNKS))
+            else:  # coded on a worker, with the small segments after it up to JOB_BYTES
+                batch.append((seg, code))
+                batch_bytes += seg.length
+                if batch_bytes >= JOB_BYTES:
+                    submit_batch()
             progress(end - start)
+        submit_batch()
         flush(0)
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
     write_index(out, index, offset)
@@ -297,46 +326,60 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
     return index
 
 
-READ_AHEAD_BYTES = 1 << 26  # besides the next span, spans are read ahead while their bytes stay under this
+READ_AHEAD_BYTES = 1 << 26  # besides the next spans, spans are read ahead while their bytes stay under this
 
 
 def _read_ahead(fd: int, spans: list, digest: _Sha256Behind,
                 pool: Executor | None = None) -> Iterator[tuple[tuple, np.ndarray | _TensorInput]]:
-    """Each span with what ``_read_tensor`` makes of it (or its bytes, for verbatim bytes), read in order
-    on a thread of its own.
+    """Each span with its bytes (verbatim bytes), or its ``_TensorInput``, read in order on a thread of its own.
 
     While the caller codes one tensor, the next is read, hashed and split into planes beside it:
     done by the caller, that serial work left the coding threads idle between large tensors. The
-    next span is always read ahead, further ones only while they stay under ``READ_AHEAD_BYTES``,
-    so memory holds at most the span being coded, the next one, and that much more. One reading
+    next spans are always read ahead, further ones only while they stay under ``READ_AHEAD_BYTES``,
+    so memory holds at most the span being coded, the next ones, and that much more. One reading
     thread keeps ``digest`` fed in file order; the blocks of a large tensor are read and split on
-    ``pool``, beside the coding (one thread could not keep up with the coding threads).
+    ``pool``, beside the coding (one thread could not keep up with the coding threads). Small spans
+    are read together, up to ``JOB_BYTES`` at a time: one read, one hash update and one hand-over for
+    a run of biases and norms, not one each.
     """
-    def read(start: int, end: int, tensor: TensorEntry | None) -> np.ndarray | _TensorInput:
-        if tensor is not None:
-            return _read_tensor(fd, tensor, digest, pool)
-        data = read_exact(fd, start, end - start)
+    def read(group: list[tuple[int, int, TensorEntry | None]]) -> list[np.ndarray | _TensorInput]:
+        if _large(group[0]) and group[0][2] is not None:
+            return [_read_in_blocks(fd, group[0][2], digest, pool)]
+        first = group[0][0]
+        data = read_exact(fd, first, group[-1][1] - first)
         digest.update(data)
-        return data
+        return [data[a - first:b - first] if tensor is None else _whole_tensor(fd, tensor, data[a - first:b - first])
+                for a, b, tensor in group]
 
-    pending: deque[tuple[tuple, Future]] = deque()
+    pending: deque[tuple[list, Future]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="weightpack-read") as reader:
         try:
             ahead = 0
-            for span in spans:
-                size = span[1] - span[0]
+            for group in _grouped_spans(spans):
+                size = group[-1][1] - group[0][0]
                 while len(pending) > 1 and ahead + size > READ_AHEAD_BYTES:
                     done, future = pending.popleft()
-                    ahead -= done[1] - done[0]
-                    yield done, future.result()
-                pending.append((span, reader.submit(read, *span)))
+                    ahead -= done[-1][1] - done[0][0]
+                    yield from zip(done, future.result())
+                pending.append((group, reader.submit(read, group)))
                 ahead += size
             while pending:
                 done, future = pending.popleft()
-                yield done, future.result()
+                yield from zip(done, future.result())
         finally:  # an early exit: reads not started are dropped, the one running is waited for
             for _, future in pending:
                 future.cancel()
+
+
+def _grouped_spans(spans: list) -> Iterator[list]:
+    """Runs of consecutive small spans of at least ``JOB_BYTES`` (the last may hold less); a large span alone."""
+    for group in _grouped(spans, lambda span: JOB_BYTES if _large(span) else span[1] - span[0]):
+        if _large(group[-1]):
+            if group[:-1]:
+                yield group[:-1]
+            yield group[-1:]
+        else:
+            yield group
 
 
 class _Sha256Behind:
