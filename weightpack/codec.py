@@ -213,8 +213,9 @@ class PlaneDecoder:
     nothing but what the decoder tables of chunks with their own table need.
     """
 
-    # Every plane decodes to uint16, the narrow ones too: one compiled rANS decoder instead of two
-    # (1.2-1.7 s less compiling on a machine's first run), at the same speed.
+    # Every coded plane decodes to uint16, the narrow ones too: one compiled rANS decoder instead of two
+    # (1.2-1.7 s less compiling on a machine's first run), at the same speed. An 8-bit plane comes back as
+    # uint8 (see ``chunk``).
     dtype = np.dtype(np.uint16)
 
     def __init__(self, plane: PlaneRecord, where: str) -> None:
@@ -239,20 +240,24 @@ class PlaneDecoder:
 
     def chunk(self, k: int, out: np.ndarray, read: Callable[[int, int], np.ndarray],
               reference: np.ndarray | None = None) -> np.ndarray:
-        """Decode chunk ``k`` (``out.size`` symbols) into ``out`` (of the plane's dtype); return ``out``.
+        """The symbols of chunk ``k`` (``out.size`` of them), decoded into ``out`` (uint16) where they need
+        decoding.
 
-        ``reference`` is the same stretch of the reference tensor's plane, for a delta-coded plane.
+        An 8-bit plane's symbols come back as uint8. A raw chunk of one (most of F32's and F16's low mantissa
+        bytes) is its stored bytes as they are, checksummed: no copy. ``reference`` is the same stretch of
+        the reference tensor's plane, for a delta-coded plane.
         """
-        self._coded(k, out, read)
+        symbols = self._coded(k, out, read)
+        if self.plane.bits == 8 and symbols.dtype != np.uint8:
+            symbols = symbols.astype(np.uint8)  # a coded 8-bit chunk (a few of F32's low bytes): rare
         if self.plane.transform in (TRANSFORM_NONE, TRANSFORM_WORD_SUB):  # a word difference is undone whole
-            return out
-        out[:] = invert_transform(self.plane.transform, out, reference, self.plane.bits)
-        return out
+            return symbols
+        return invert_transform(self.plane.transform, symbols, reference, self.plane.bits)
 
-    def _coded(self, k: int, out: np.ndarray, read: Callable[[int, int], np.ndarray]) -> None:
+    def _coded(self, k: int, out: np.ndarray, read: Callable[[int, int], np.ndarray]) -> np.ndarray:
         if self.plane.codec == CODEC_CONST:
             out.fill(self.value)
-            return
+            return out
         info = self.plane.chunks[k]
         data = read(info.offset, info.size)
         if chunk_checksum(data) != info.checksum:
@@ -260,6 +265,10 @@ class PlaneDecoder:
         if self.plane.codec == CODEC_ZSTD:
             out[:] = np.frombuffer(unzstd(data, out.size, f"{self.where}: zstd chunk"), np.uint8)
         elif self.plane.codec == CODEC_RAW or info.mode == CHUNK_RAW:
+            if self.plane.bits == 8:
+                if data.size != out.size:
+                    raise FormatError(f"{self.where}: raw chunk at offset {info.offset} has the wrong size")
+                return data
             self._raw(data, out, info.offset)
         else:
             if info.mode == CHUNK_OWN:
@@ -273,6 +282,7 @@ class PlaneDecoder:
                 precision, entries = self.shared.precision, self._shared_entries
             if not rans.decode(data, precision, entries, out):
                 raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
+        return out
 
     def _raw(self, data: np.ndarray, out: np.ndarray, offset: int) -> None:
         if not bitpack.unpack_into(data, self.plane.bits, out):  # masks each symbol to the plane's width
