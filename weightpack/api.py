@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import manifest
-from .atomic import atomic_output
+from .atomic import atomic_output, preallocate
 from .container import (
     Index,
 )
@@ -144,6 +144,7 @@ def restore_archive(reader: ArchiveReader, expected: manifest.Archive | None, tm
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
                                   f"{tmp.parent} has {free} free")
         with open(tmp, "wb") as out:
+            preallocate(out.fileno(), reader.index.original_size)
             reader.restore(out.fileno(), progress, sha256)
 
 
