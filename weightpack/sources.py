@@ -109,7 +109,7 @@ COMPARE_BYTES = 1 << 26  # compare candidate duplicates 64 MiB at a time
 class Dedup:
     """Tensors stored so far in a pack run, found again by content: (size, key), then byte comparison.
 
-    The key is a hash of the tensor's first block (``wpkfile.dedup_key``): cheap to compute, and a
+    The key is a hash of the tensor's first 64 KiB (``wpkfile.dedup_key``): cheap to compute, and a
     tensor only becomes a copy of another once all their bytes compare equal."""
 
     def __init__(self) -> None:
