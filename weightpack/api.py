@@ -115,7 +115,9 @@ def pack_archive(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, p
     """
     with about(src):
         with open(tmp, "wb") as out:
+            preallocate(out.fileno(), src.stat().st_size, required=False)  # an archive is all but never larger
             index = pack_stream(src, out, pool, progress, base, dedup, archive)
+            out.truncate()  # where the archive ends: the rest of the reservation is given back
         if verify:  # every stripe decoded and checked against the XXH64 of the source's bytes
             with ArchiveReader(tmp, pool, base) as reader:
                 reader.restore(None)
