@@ -146,7 +146,7 @@ def restore_archive(reader: ArchiveReader, expected: manifest.Archive | None, tm
             raise WeightpackError(f"restoring needs {reader.index.original_size} bytes, "
                                   f"{tmp.parent} has {free} free")
         with open(tmp, "wb") as out:
-            preallocate(out.fileno(), reader.index.original_size)
+            preallocate(out.fileno(), reader.index.original_size, name=tmp.parent)
             reader.restore(out.fileno(), progress, sha256)
 
 
