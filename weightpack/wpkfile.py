@@ -90,6 +90,28 @@ PARALLEL_CHUNKS = 4  # tensors with more chunks than this spread their chunks ov
 READ_ELEMENTS = codec.CHUNK_SYMBOLS * PARALLEL_CHUNKS  # large tensors are read and split this much at a time
 WRITEBACK_BYTES = 1 << 23  # the archive's pages are handed to the disk every 8 MiB written
 
+T = TypeVar("T")
+
+# Work goes to the threads in jobs of at least this many bytes: runs of stripes to decode (unpack,
+# loading), runs of small tensors to read and code (pack). Handing a job to a worker costs ~150 us
+# here whatever its size (its future, waking the worker, and the GIL changing hands at each of its
+# kernels' calls while the main thread runs too): one job per stripe made a bias of 384 elements cost
+# 4x its decoding, and MiniLM has 66 of them.
+JOB_BYTES = 1 << 20
+
+
+def _grouped(items: Iterable[T], nbytes: Callable[[T], int]) -> Iterator[list[T]]:
+    """Consecutive ``items`` in groups of at least ``JOB_BYTES`` (the last one may hold less)."""
+    group, size = [], 0
+    for item in items:
+        group.append(item)
+        size += nbytes(item)
+        if size >= JOB_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
 
 class _TensorInput:
     """One tensor being packed: its file entry, dedup key, a reader for its bytes, and (computed where
@@ -614,26 +636,6 @@ class ArchiveReader:
 
 
 _Fill = Callable[[np.ndarray], None]
-T = TypeVar("T")
-
-# Stripes are decoded in jobs of at least this many bytes of output. Handing a job to a worker costs
-# ~150 us here whatever its size (its future, waking the worker, and the GIL changing hands at each
-# of its kernels' calls while the main thread runs too): one job per stripe made a bias of 384
-# elements cost 4x its decoding, and MiniLM has 66 of them.
-JOB_BYTES = 1 << 20
-
-
-def _grouped(items: Iterable[T], nbytes: Callable[[T], int]) -> Iterator[list[T]]:
-    """Consecutive ``items`` in groups of at least ``JOB_BYTES`` (the last one may hold less)."""
-    group, size = [], 0
-    for item in items:
-        group.append(item)
-        size += nbytes(item)
-        if size >= JOB_BYTES:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
 
 
 def warm_up_decoder() -> None:
