@@ -324,7 +324,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
     # With one coding thread, the reading thread is the second core: it splits the blocks itself.
     splitters = pool if getattr(pool, "_max_workers", 1) > 1 else None
     with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest, splitters)) as reads:
-        for span, item in reads:
+        for k, (span, item) in enumerate(reads):
             start, end, tensor = span
             if tensor is None:
                 seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
@@ -333,16 +333,16 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
             else:
                 seg, code = _tensor_segment(src, item, base, dedup, archive, sources)
             if _large(span):
-                submit_batch()
                 flush(0)
                 emit(seg, code(pool))
             else:  # coded on a worker, with the small segments after it up to JOB_BYTES
                 batch.append((seg, code))
                 batch_bytes += seg.length
-                if batch_bytes >= JOB_BYTES:
+                # Handed over when full, or when a large span (or the end) comes next: the run must not wait
+                # for that span's read, as the safetensors header did for the first tensor (zstd, ~10 ms).
+                if batch_bytes >= JOB_BYTES or k + 1 == len(spans) or _large(spans[k + 1]):
                     submit_batch()
             progress(end - start)
-        submit_batch()
         flush(0)
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
     write_index(out, index, offset)
