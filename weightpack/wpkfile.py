@@ -142,9 +142,14 @@ def _stripe_hashes(data: np.ndarray, stripe_bytes: int, offset: int) -> list[int
     return [stripe_hash(data[a:a + stripe_bytes], offset + a) for a in range(0, data.size, stripe_bytes)]
 
 
+def _reader(fd: int, tensor: TensorEntry) -> Callable[[int, int], np.ndarray]:
+    """``read(a, b)``: bytes ``a`` to ``b`` of a tensor of the file open as ``fd``."""
+    return lambda a, b: read_exact(fd, tensor.start + a, b - a)
+
+
 def _whole_tensor(fd: int, tensor: TensorEntry, data: np.ndarray) -> _TensorInput:
     """A tensor read whole (``data``, its bytes): split and checksummed later, by the thread that codes it."""
-    return _TensorInput(tensor, dedup_key(data), lambda a, b: read_exact(fd, tensor.start + a, b - a), data=data)
+    return _TensorInput(tensor, dedup_key(data), _reader(fd, tensor), data=data)
 
 
 def _read_in_blocks(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: Executor | None) -> _TensorInput:
@@ -153,9 +158,7 @@ def _read_in_blocks(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: E
     together. The sha256 is fed here, in file order.
     """
     size, count = dtypes.itemsize(tensor.dtype), (tensor.end - tensor.start) // dtypes.itemsize(tensor.dtype)
-
-    def read(a: int, b: int) -> np.ndarray:
-        return read_exact(fd, tensor.start + a, b - a)
+    read = _reader(fd, tensor)
     arrays = [np.empty(count, spec.symbol_dtype) for spec in dtypes.layout(tensor.dtype)]
 
     def block(first: int) -> tuple[np.ndarray, list[int]]:
@@ -308,23 +311,15 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
         """Code small segments whole, one after the other, on the worker running this (chunks materialised here)."""
         return [[(record, list(chunks)) for record, chunks in code(None)] for code in codes]
 
-    batch: list[tuple[Segment, Callable[[Executor | None], Coded]]] = []
-    batch_bytes = 0
-
-    def submit_batch() -> None:
-        """Hand the small segments gathered to a worker as one job: handing a job over costs more than coding a
-        bias, and MiniLM has 66 of them."""
-        nonlocal batch_bytes
-        if batch:
-            pending.append(([seg for seg, _ in batch], pool.submit(code_small, [code for _, code in batch])))
-            batch.clear()
-            batch_bytes = 0
-            flush(WINDOW_PER_THREAD * getattr(pool, "_max_workers", PARALLEL_CHUNKS))
+    # Small segments are coded in the runs they are read in (``_grouped_spans``): a run is handed to a worker
+    # as one job once its last span has arrived, as handing a job over costs more than coding a bias.
+    run_ends = {group[-1][1] for group in _grouped_spans(spans)}
+    run: list[tuple[Segment, Callable[[Executor | None], Coded]]] = []
 
     # With one coding thread, the reading thread is the second core: it splits the blocks itself.
     splitters = pool if getattr(pool, "_max_workers", 1) > 1 else None
     with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest, splitters)) as reads:
-        for k, (span, item) in enumerate(reads):
+        for span, item in reads:
             start, end, tensor = span
             if tensor is None:
                 seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
@@ -335,13 +330,12 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
             if _large(span):
                 flush(0)
                 emit(seg, code(pool))
-            else:  # coded on a worker, with the small segments after it up to JOB_BYTES
-                batch.append((seg, code))
-                batch_bytes += seg.length
-                # Handed over when full, or when a large span (or the end) comes next: the run must not wait
-                # for that span's read, as the safetensors header did for the first tensor (zstd, ~10 ms).
-                if batch_bytes >= JOB_BYTES or k + 1 == len(spans) or _large(spans[k + 1]):
-                    submit_batch()
+            else:
+                run.append((seg, code))
+                if end in run_ends:
+                    pending.append(([seg for seg, _ in run], pool.submit(code_small, [code for _, code in run])))
+                    run = []
+                    flush(WINDOW_PER_THREAD * getattr(pool, "_max_workers", PARALLEL_CHUNKS))
             progress(end - start)
         flush(0)
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
@@ -609,8 +603,7 @@ class ArchiveReader:
         """
         digest = hashlib.sha256() if sha256 else None
 
-        def restore_job(stripes: list[tuple[int, _Fill]], offset: int) -> np.ndarray | int:
-            size = sum(n for n, _ in stripes)
+        def restore_job(stripes: list[tuple[int, _Fill]], offset: int, size: int) -> np.ndarray | int:
             data = np.empty(size, np.uint8) if digest is not None else _SCRATCH.get("out", size, np.uint8)
             at = 0
             for n, fill in stripes:
@@ -624,8 +617,9 @@ class ArchiveReader:
             stripes = ((n * seg.itemsize, fill) for seg in self.index.segments for _, n, fill in self._stripes(seg))
             offset = 0
             for group in _grouped(stripes, lambda stripe: stripe[0]):
-                yield functools.partial(restore_job, group, offset)
-                offset += sum(n for n, _ in group)
+                size = sum(n for n, _ in group)
+                yield functools.partial(restore_job, group, offset, size)
+                offset += size
         for result in ordered_map(self.pool, jobs()):  # the stripes of small tensors decode side by side too
             if digest is not None:
                 digest.update(result)
