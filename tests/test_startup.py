@@ -37,6 +37,15 @@ def test_unpacking_with_a_warm_cache_loads_no_compiler(bf16_wpk: Path, tmp_path:
     assert (tmp_path / "second.safetensors").stat().st_size > 0
 
 
+def test_help_and_usage_errors_answer_before_anything_heavy_is_imported() -> None:
+    for args, status in ((["--help"], 0), (["unpack"], 2)):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "weightpack", *args],
+                                capture_output=True, text=True)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert result.returncode == status and "weightpack.cli" in imported
+        assert not imported & {"numba", "numpy", "weightpack.api"}
+
+
 def test_info_reads_the_index_without_loading_numba(bf16_wpk: Path) -> None:
     loaded = loaded_after("info", str(bf16_wpk), "-q")
     assert "weightpack.describe" in loaded and "numba" not in loaded

@@ -24,18 +24,45 @@ cached code refers to ``numba.np.arraymath``, whose import costs ~0.3 s when sci
 arrays (``np.empty``, ``a.view``): that cached code refers to ``numba.np.arrayobj``, whose import
 (with the string code it pulls in) costs ~50 ms; the Python caller allocates and makes the views in
 numpy (``rans.decode``, ``checksum.stripe_hash``, ``FrequencyTable.decoder_entries``).
+
+And numba is imported without two optional packages it only probes (``_import_numba``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
-from numba import njit
-from numba.core import caching
-from numba.core.cpu import CPUContext
-from numba.core.extending import register_jitable
-from numba.core.runtime import rtsys
+
+def _import_numba() -> None:
+    """Import numba without the optional packages its import merely probes: ~25 ms of every short command.
+
+    numba's ``__init__`` imports SciPy only to check that its version is not too old, and
+    ``numba.core.config`` imports PyYAML only to read a ``.numba_config.yaml`` in the working directory.
+    While numba is imported they read as absent (unless that file exists, or they are imported already);
+    afterwards nothing is changed: numba imports SciPy again, as usual, where it uses it (linear algebra).
+    """
+    if "numba" in sys.modules:
+        return
+    hidden = [name for name in ("scipy", "yaml") if name not in sys.modules]
+    if os.path.exists(".numba_config.yaml"):
+        hidden.remove("yaml")
+    sys.modules.update(dict.fromkeys(hidden))  # None: ``import scipy`` raises ImportError
+    try:
+        import numba  # noqa: F401
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+
+
+_import_numba()
+
+from numba import njit  # noqa: E402
+from numba.core import caching  # noqa: E402
+from numba.core.cpu import CPUContext  # noqa: E402
+from numba.core.extending import register_jitable  # noqa: E402
+from numba.core.runtime import rtsys  # noqa: E402
 
 __all__ = ["njit", "register_jitable"]
 
