@@ -25,7 +25,7 @@ from .container import FOOTER, PREAMBLE, SOURCE_SIBLING, PartialArchive, read_in
 from .errors import CANCEL, WeightpackError
 from .paths import MANIFEST, check_destination, walk
 from .sources import BaseSet
-from .wpkfile import ArchiveReader
+from .wpkfile import ArchiveReader, warm_up_decoder
 
 
 @contextmanager
@@ -129,6 +129,8 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
         except EntryNotFoundError:
             record_path = None
         if record_path is not None and not is_offline_mode():  # packed: stream it, pinned to that commit
+            # load the decoding kernels (numba's runtime: 30-100 ms) while the listing and indexes download
+            threading.Thread(target=warm_up_decoder, daemon=True, name="weightpack-warm-up").start()
             commit = record_path.parent.name  # the snapshot folder of the cache is named by the commit
             names = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=commit)
 
