@@ -72,6 +72,14 @@ def test_keys_metadata_and_slices_mirror_safetensors(packed: dict[str, Path], mi
             assert torch.equal(_bits(s[key]), _bits(r[key])), key
 
 
+def test_each_tensor_holds_its_own_bytes_and_a_slice_only_its_rows(packed: dict[str, Path]) -> None:
+    for tensor in weightpack.load_file(packed["BF16"], framework="pt").values():
+        assert tensor.untyped_storage().nbytes() == tensor.nbytes  # shares (and pins) no other tensor's bytes
+    with weightpack.safe_open(packed["BF16"], framework="pt") as f:
+        rows = f.get_slice("embeddings.word_embeddings.weight")[10:12]
+    assert rows.untyped_storage().nbytes() == rows.nbytes == 2 * 384 * 2  # not the stripe it was decoded from
+
+
 def test_only_the_rows_asked_for_are_decoded(packed: dict[str, Path]) -> None:
     with weightpack.safe_open(packed["F32"], framework="np") as f:
         reader, decoded = f._reader, []

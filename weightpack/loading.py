@@ -51,7 +51,13 @@ def _as_framework(data: np.ndarray, dtype: str, shape: tuple[int, ...], framewor
     except ImportError:
         raise WeightpackError("framework='pt' needs torch (pip install torch), or pass framework='np'") from None
 
-    raw = torch.from_numpy(data.copy()) if data.size else torch.empty(0, dtype=torch.uint8)
+    if not data.size:
+        return torch.empty(shape, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+    # The tensor takes over the decoded array (each tensor's own, see ArchiveReader.segments_bytes) rather
+    # than a copy of it: a copy was a third of loading MiniLM F32. Rows sliced out of their stripes are
+    # copied, so that a slice does not hold the whole stripes it was decoded from.
+    owned = data.base is None or data.base.size == data.size
+    raw = torch.from_numpy(data if owned else data.copy())
     return raw.view(getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
 
 
