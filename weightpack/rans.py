@@ -12,9 +12,10 @@ Constants:
   a chunk with one lane per thread. Smaller chunks have ``NARROW_LANES = 4``: each lane's final
   state costs 4 bytes, which small tensors (biases, norms) would feel.
 - ``STATE_LOW = 1 << 15``: the lower bound L of a normalised state. States live in
-  ``[L, L << 16) = [2**15, 2**31)``: a 32-bit word whose top bit stays clear, held in an int64.
-  The clear top bit is what makes ryg's 32-bit reciprocal exact (Alverson's bound holds for x < 2**31)
-  and keeps ``x * reciprocal < 2**63``, so all arithmetic is plain signed int64 without overflow.
+  ``[L, L << 16) = [2**15, 2**31)``: a 32-bit word whose top bit stays clear, held in a 64-bit
+  integer (signed in the decoder, unsigned in the encoder). The clear top bit is what makes ryg's
+  32-bit reciprocal exact (Alverson's bound holds for x < 2**31) and keeps ``x * reciprocal < 2**63``:
+  no arithmetic overflows.
 - ``MAX_PRECISION = 15``: ``L >> precision`` must be at least 1.
 - Renormalisation moves 16 bits at a time. A symbol costs at most ``precision <= 15`` bits, so one
   16-bit step per symbol is always enough. The decoder loads the next word whether it needs it or
@@ -71,32 +72,29 @@ def max_stream_bytes(n_symbols: int) -> int:
 
 @njit(cache=True, nogil=True)
 def encoder_table(freq: np.ndarray, precision: int) -> np.ndarray:
-    """Per-symbol encoder constants, one row each: x_max, reciprocal, shift, bias, complement.
+    """Per-symbol encoder constants, four uint32 each (16 bytes: a 10-bit plane's table fits in L1):
+    x_max, reciprocal, bias, complement | (32 + shift) << 16.
 
     ``q = x // f`` becomes ``(x * reciprocal) >> (32 + shift)``; ``x' = (q << n) + x % f + cum`` is
     rewritten as ``x + bias + q * complement`` with ``complement = 2**n - f``. For ``f == 1`` the
     reciprocal ``2**32 - 1`` gives ``q = x - 1`` and the bias absorbs the difference (ryg_rans).
     """
-    table = np.zeros((freq.size, 5), np.int64)
+    table = np.zeros(4 * freq.size, np.uint32)
     total = np.int64(1) << precision
     cum = np.int64(0)
     for s in range(freq.size):
         f = np.int64(freq[s])
         if f == 0:
             continue
-        table[s, 0] = ((STATE_LOW >> precision) << 16) * f
-        table[s, 4] = total - f
+        table[4 * s] = ((STATE_LOW >> precision) << 16) * f
         if f == 1:
-            table[s, 1] = (np.int64(1) << 32) - 1
-            table[s, 2] = 0
-            table[s, 3] = cum + total - 1
+            table[4 * s + 1], shift, table[4 * s + 2] = (np.int64(1) << 32) - 1, 0, cum + total - 1
         else:
             shift = 0
             while f > (np.int64(1) << shift):
                 shift += 1
-            table[s, 1] = ((np.int64(1) << (shift + 31)) + f - 1) // f
-            table[s, 2] = shift - 1
-            table[s, 3] = cum
+            table[4 * s + 1], shift, table[4 * s + 2] = ((np.int64(1) << (shift + 31)) + f - 1) // f, shift - 1, cum
+        table[4 * s + 3] = (total - f) | ((32 + shift) << 16)
         cum += f
     return table
 
@@ -106,29 +104,88 @@ def encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray) -> int:
     """Encode ``symbols`` into the tail of ``out``; return where the stream starts (``out[start:]``).
 
     ``out`` needs ``max_stream_bytes(symbols.size)`` bytes. Symbols are coded last to first, so the
-    words are written backwards and the decoder reads them forwards.
+    words are written backwards and the decoder reads them forwards: the last, partial group of lanes
+    first, then every whole group, its lanes from last to first (``_encode_wide``, ``_encode_narrow``).
     """
     n_lanes = lanes(symbols.size)
-    states = np.full(n_lanes, STATE_LOW, np.int64)
-    words = out.view(np.uint16)  # out.size is even (max_stream_bytes), and so is every position below
-    pos, two, lane_mask = np.uint64(out.size), np.uint64(2), np.uint64(n_lanes - 1)  # unsigned: no wraparound
-    for j in range(symbols.size):
-        i = np.uint64(symbols.size - 1 - j)
-        lane, s = i & lane_mask, symbols[i]  # lanes are a power of two
-        x = states[lane]
-        # Renormalise: always write the low word just below pos, move pos only if it is emitted.
-        words[pos // two - np.uint64(1)] = x & 0xFFFF
-        if x >= table[s, 0]:
-            pos -= two
-            x >>= 16
-        q = ((x * table[s, 1]) >> 32) >> table[s, 2]
-        states[lane] = x + table[s, 3] + q * table[s, 4]
-    for lane in range(n_lanes - 1, -1, -1):
-        pos -= np.uint64(4)
-        x = states[lane]
+    states = np.full(n_lanes, STATE_LOW, np.uint64)
+    words = out.view(np.uint16)  # out.size is even (max_stream_bytes)
+    pos = np.uint64(words.size)  # unsigned indices: no wraparound check
+    n_full = np.uint64(symbols.size - symbols.size % n_lanes)
+    for j in range(np.uint64(symbols.size) - n_full):
+        lane = np.uint64(symbols.size) - n_full - np.uint64(1) - j
+        states[lane], pos = _put(states[lane], symbols[n_full + lane], table, words, pos)
+    if n_lanes == WIDE_LANES:
+        pos = _encode_wide(states, symbols, table, words, pos, n_full)
+    else:
+        pos = _encode_narrow(states, symbols, table, words, pos, n_full)
+    start = 2 * pos - 4 * n_lanes
+    for lane in range(n_lanes):
         for k in range(4):
-            out[pos + np.uint64(k)] = (x >> (8 * k)) & 0xFF
-    return np.int64(pos)
+            out[start + 4 * lane + k] = (states[lane] >> np.uint64(8 * k)) & np.uint64(0xFF)
+    return np.int64(start)
+
+
+# As in decoding, the lanes' states live in registers, as named scalars, not in an array.
+
+@njit(cache=True, nogil=True)
+def _encode_wide(states: np.ndarray, symbols: np.ndarray, table: np.ndarray, words: np.ndarray, pos: np.uint64,
+                 n_full: np.uint64) -> np.uint64:
+    """Every whole group of a 16-lane chunk, last first; ``states`` updated, the stream position returned."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = states[0], states[1], states[2], states[3], states[4], states[5], states[6], \
+        states[7]
+    x8, x9, x10, x11 = states[8], states[9], states[10], states[11]
+    x12, x13, x14, x15 = states[12], states[13], states[14], states[15]
+    i = n_full
+    while i > np.uint64(0):
+        i -= np.uint64(WIDE_LANES)
+        x12, x13, x14, x15, pos = _put4(x12, x13, x14, x15, symbols, i + np.uint64(12), table, words, pos)
+        x8, x9, x10, x11, pos = _put4(x8, x9, x10, x11, symbols, i + np.uint64(8), table, words, pos)
+        x4, x5, x6, x7, pos = _put4(x4, x5, x6, x7, symbols, i + np.uint64(4), table, words, pos)
+        x0, x1, x2, x3, pos = _put4(x0, x1, x2, x3, symbols, i, table, words, pos)
+    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = \
+        x0, x1, x2, x3, x4, x5, x6, x7
+    states[8], states[9], states[10], states[11], states[12], states[13], states[14], states[15] = \
+        x8, x9, x10, x11, x12, x13, x14, x15
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _encode_narrow(states: np.ndarray, symbols: np.ndarray, table: np.ndarray, words: np.ndarray, pos: np.uint64,
+                   n_full: np.uint64) -> np.uint64:
+    """``_encode_wide`` for a 4-lane chunk."""
+    x0, x1, x2, x3 = states[0], states[1], states[2], states[3]
+    i = n_full
+    while i > np.uint64(0):
+        i -= np.uint64(NARROW_LANES)
+        x0, x1, x2, x3, pos = _put4(x0, x1, x2, x3, symbols, i, table, words, pos)
+    states[0], states[1], states[2], states[3] = x0, x1, x2, x3
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _put(x: np.uint64, s: int, table: np.ndarray, words: np.ndarray, pos: np.uint64) -> tuple:
+    """``(x, pos)`` after coding symbol ``s`` into state ``x``. Renormalises first: the low word is
+    always written just below ``pos``, which moves down only if the word is emitted."""
+    e = np.uint64(4) * np.uint64(s)
+    x_max, reciprocal, bias, rest = table[e], table[e + np.uint64(1)], table[e + np.uint64(2)], table[e + np.uint64(3)]
+    words[pos - np.uint64(1)] = x & np.uint64(0xFFFF)
+    if x >= x_max:
+        pos -= np.uint64(1)
+        x >>= np.uint64(16)
+    q = (x * np.uint64(reciprocal)) >> np.uint64(rest >> 16)
+    return x + np.uint64(bias) + q * np.uint64(rest & 0xFFFF), pos
+
+
+@njit(cache=True, nogil=True)
+def _put4(x0: np.uint64, x1: np.uint64, x2: np.uint64, x3: np.uint64, symbols: np.ndarray, i: np.uint64,
+          table: np.ndarray, words: np.ndarray, pos: np.uint64) -> tuple:
+    """Code symbols ``i + 3`` down to ``i`` into the four lanes' states, last first."""
+    x3, pos = _put(x3, symbols[i + np.uint64(3)], table, words, pos)
+    x2, pos = _put(x2, symbols[i + np.uint64(2)], table, words, pos)
+    x1, pos = _put(x1, symbols[i + np.uint64(1)], table, words, pos)
+    x0, pos = _put(x0, symbols[i], table, words, pos)
+    return x0, x1, x2, x3, pos
 
 
 def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndarray) -> bool:
