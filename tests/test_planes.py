@@ -55,7 +55,7 @@ def test_integer_dtypes_split_into_bytes_most_significant_first() -> None:
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
 def test_raw_planes_are_stored_at_their_width_lsb_first(bits: int, n: int) -> None:
     symbols = np.random.default_rng(bits * 7919 + n).integers(0, 1 << bits, n).astype(np.uint8)
-    stored = bitpack.pack(symbols, bits)
+    stored = bitpack.pack(symbols, bits).tobytes()
     as_bits = np.unpackbits(symbols[:, None], axis=1, bitorder="little")[:, :bits].ravel()
     assert stored == np.packbits(as_bits, bitorder="little").tobytes()  # symbol i at bits i*width..
     back = np.empty(n, np.uint8)

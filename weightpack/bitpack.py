@@ -84,14 +84,15 @@ def _unpack(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
     return pos == data.size
 
 
-def pack(symbols: np.ndarray, bits: int) -> bytes:
-    """The symbols (each below ``2**bits``) as a bit stream, LSB first."""
+def pack(symbols: np.ndarray, bits: int) -> np.ndarray:
+    """The symbols (each below ``2**bits``) as a bit stream, LSB first (uint8). At 8 bits, a view of
+    ``symbols`` itself, not a copy: what packing writes out as stored (most of F32's and F16's low bytes)."""
     if bits in (8, 16):
-        return symbols.astype(symbols.dtype.newbyteorder("<"), copy=False).tobytes()
+        return np.ascontiguousarray(symbols.astype(symbols.dtype.newbyteorder("<"), copy=False)).view(np.uint8)
     out = np.zeros(packed_size(symbols.size, bits), np.uint8)
     done = _group_kernels(bits)[0](symbols, out) if bits < 8 else 0
     _pack(symbols[done:], bits, out[done * bits // 8:])
-    return out.tobytes()
+    return out
 
 
 def unpack_into(data: np.ndarray, bits: int, out: np.ndarray) -> bool:

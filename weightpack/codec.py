@@ -58,9 +58,13 @@ MIN_CODING_GAIN = 0.01
 
 @dataclass
 class EncodedChunk:
-    """A coded chunk and its checksum, computed where it was coded (a worker thread), not by the writer."""
+    """A coded chunk and its checksum, computed where it was coded (a worker thread), not by the writer.
 
-    payload: bytes
+    ``payload`` (uint8) is a view, not a copy: of the encoder's output buffer, of the bit-packed symbols, or
+    of the plane itself for a raw 8-bit chunk. Copying every chunk into a ``bytes`` cost a pass over most
+    of the archive, and fresh pages to fault in, before the one copy that matters (into the file)."""
+
+    payload: np.ndarray
     mode: int = CHUNK_PLANE
     table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN), stored in the index
     checksum: int = field(init=False)
@@ -130,9 +134,9 @@ def encode_plane(symbols: np.ndarray, bits: int, pool: Executor | None,
     return record, chunks
 
 
-def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> bytes:
+def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> np.ndarray:
     out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
-    return out[rans.encode(symbols, table.encoder_table(), out):].tobytes()
+    return out[rans.encode(symbols, table.encoder_table(), out):]
 
 
 def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: FrequencyTable) -> EncodedChunk:
@@ -197,11 +201,11 @@ def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[PlaneRecord, 
     if sum(len(c.payload) for c in packed) < len(data):
         return PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b""), packed
     return (PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b""),
-            [EncodedChunk(data[s].tobytes()) for s in slices])
+            [EncodedChunk(data[s]) for s in slices])
 
 
 def _zstd_chunk(compressor: zstandard.ZstdCompressor, data: np.ndarray) -> EncodedChunk:
-    return EncodedChunk(compressor.compress(data.tobytes()))
+    return EncodedChunk(np.frombuffer(compressor.compress(data), np.uint8))
 
 
 class PlaneDecoder:
