@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 WINDOW_PER_THREAD = 2  # jobs in flight per worker: one running, one queued, so no worker waits on the consumer
@@ -39,3 +39,12 @@ def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: 
         for future in pending:
             future.cancel()
         wait(pending)
+
+
+def submit(pool: Executor | None, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``pool.submit``, or run now (in this thread) without a pool."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    future: Future[T] = Future()
+    future.set_result(fn(*args))
+    return future

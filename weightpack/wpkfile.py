@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import closing
-from itertools import zip_longest
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -85,7 +84,7 @@ class _Sources:
         return len(self.list) - 1
 
 
-Coded = list[tuple[PlaneRecord, Iterable[codec.EncodedChunk]]]
+Coded = tuple[list[PlaneRecord], Iterable[codec.Stripe]]  # a segment's plane records and its stripes
 PARALLEL_CHUNKS = 4  # tensors with more chunks than this spread their chunks over the pool
 READ_ELEMENTS = codec.CHUNK_SYMBOLS * PARALLEL_CHUNKS  # large tensors are read and split this much at a time
 WRITEBACK_BYTES = 1 << 23  # the archive's pages are handed to the disk every 8 MiB written
@@ -216,7 +215,7 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
         if seen.archive != archive:
             rel = os.path.relpath(seen.archive, start=os.path.dirname(archive) or ".")
             seg.source = sources.index(SOURCE_SIBLING, Path(rel).as_posix(), dedup.sha256[seen.archive])
-        return seg, lambda pool: []
+        return seg, lambda pool: ([], [])
     if dedup is not None:
         dedup.add(item.key, Stored(archive, src, tensor))
     specs = dtypes.layout(tensor.dtype)
@@ -229,7 +228,7 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
         reference = planes.split(data, tensor.dtype)
         if all(np.array_equal(r, p) for r, p in zip(reference, item.planes)):
             seg.ref, seg.hashes = REF_COPY, item.hashes
-            return seg, lambda pool: []
+            return seg, lambda pool: ([], [])
         seg.ref = REF_DELTA
         # Two delta models; the one with the lower order-0 entropy is coded.
         best = [codec.best_transform(p, r, s.bits) for p, r, s in zip(item.planes, reference, specs)]
@@ -241,21 +240,10 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
             coded_planes, transforms = [b[1] for b in best], [b[0] for b in best]
 
     def code(pool: Executor | None) -> Coded:
-        """Every plane's table fitted side by side (on the pool if any), then their chunks, lazily."""
+        """Every plane's table fitted side by side (on the pool if any), then their stripes, lazily."""
         seg.hashes = item.hashes
-        fitted = [_submit(pool, codec.encode_plane, p, spec.bits, pool, t)
-                  for p, t, spec in zip(coded_planes or item.planes, transforms, specs)]
-        return [f.result() for f in fitted]
+        return codec.encode_planes(coded_planes or item.planes, [spec.bits for spec in specs], transforms, pool)
     return seg, code
-
-
-def _submit(pool: Executor | None, fn: Callable, *args: object) -> Future:
-    """``pool.submit``, or run now (in this thread) without a pool."""
-    if pool is not None:
-        return pool.submit(fn, *args)
-    future: Future = Future()
-    future.set_result(fn(*args))
-    return future
 
 
 def pack_stream(src: Path, out: BinaryIO, pool: Executor, progress: Progress = lambda n: None,
@@ -288,8 +276,8 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
         """Write a segment's chunks stripe by stripe (chunk k of every plane, then k + 1): the bytes a
         stripe decodes from are contiguous, so a reader can decode it as soon as they have arrived."""
         nonlocal offset, written_back
-        seg.planes = [record for record, _ in coded]
-        for stripe in zip_longest(*(chunks for _, chunks in coded)):  # constant planes have no chunks
+        seg.planes, stripes = coded
+        for stripe in stripes:
             for record, c in zip(seg.planes, stripe):
                 if c is not None:
                     record.chunks.append(Chunk(offset, len(c.payload), c.checksum, c.mode, c.table))
@@ -309,7 +297,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
 
     def code_small(codes: list[Callable[[Executor | None], Coded]]) -> list[Coded]:
         """Code small segments whole, one after the other, on the worker running this (chunks materialised here)."""
-        return [[(record, list(chunks)) for record, chunks in code(None)] for code in codes]
+        return [(records, list(stripes)) for records, stripes in (code(None) for code in codes)]
 
     # Small segments are coded in the runs they are read in (``_grouped_spans``): a run is handed to a worker
     # as one job once its last span has arrived, as handing a job over costs more than coding a bias.
@@ -324,7 +312,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
             if tensor is None:
                 seg = Segment(KIND_BYTES, end - start, [], stripe=codec.BYTES_CHUNK,
                               hashes=_stripe_hashes(item, codec.BYTES_CHUNK, start))
-                code = lambda p, d=item: [codec.encode_bytes(d, p)]  # noqa: E731
+                code = functools.partial(codec.encode_bytes, item)
             else:
                 seg, code = _tensor_segment(src, item, base, dedup, archive, sources)
             if _large(span):
