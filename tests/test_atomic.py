@@ -178,3 +178,16 @@ def test_a_reservation_that_fails_names_the_file_and_an_upper_bound_the_disk_lac
         assert out.stat().st_size == 0
         preallocate(f.fileno(), 4096, required=False)
     assert out.stat().st_size in (0, 4096)  # 0 where the file system cannot reserve
+
+
+def test_a_replaced_output_is_freed_on_a_thread_and_leaves_no_descriptor_open(bf16_wpk: Path, bf16_file: Path,
+                                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"an older output")
+    before = set(Path("/proc/self/fd").iterdir())
+    weightpack.unpack(bf16_wpk, out, overwrite=True)
+    for t in [t for t in threading.enumerate() if t.name == "weightpack-free"]:
+        t.join()
+    assert set(Path("/proc/self/fd").iterdir()) <= before
+    assert out.read_bytes() == bf16_file.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

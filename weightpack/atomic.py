@@ -198,9 +198,29 @@ def _publish(tmp: Path, final: Path, overwrite: bool, directory: bool, writes: l
         return
     check_destination(final, overwrite, directory, writes)  # again: it may have changed meanwhile
     if not directory:
-        os.replace(tmp, final)
+        _replace_file(tmp, final)
         return
     old = _temporary(final)
     os.rename(final, old)
     os.rename(tmp, final)
     _remove(old)
+
+
+def _replace_file(tmp: Path, final: Path) -> None:
+    """``os.replace``, with the replaced file freed on a thread of its own (POSIX).
+
+    The kernel frees a file's pages when its last reference goes: done by the rename, that made
+    replacing a 90 MB output ~20 ms slower than writing a new one, in the caller's time. Here the
+    replaced file is held open across the rename, and closed (freed) by a thread, beside whatever
+    the caller does next. Nothing is left behind: the file has no name any more, and a process that
+    exits first frees it as it exits.
+    """
+    try:
+        old = os.open(final, os.O_RDONLY | os.O_NOFOLLOW) if os.name == "posix" else None
+    except OSError:  # a symbolic link (replaced, not followed), or unreadable: freed by the rename
+        old = None
+    try:
+        os.replace(tmp, final)
+    finally:
+        if old is not None:
+            threading.Thread(target=os.close, args=(old,), name="weightpack-free", daemon=True).start()
