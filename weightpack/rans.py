@@ -126,16 +126,30 @@ def encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray) -> int:
     return np.int64(start)
 
 
-# As in decoding, the lanes' states live in registers, as named scalars, not in an array.
+# As in decoding, the lanes' states live in registers, as named scalars, not in an array: a
+# 16-lane loop takes them out of ``states`` before it starts and puts them back once it ends.
+
+@njit(cache=True, nogil=True)
+def _load16(states: np.ndarray) -> tuple:
+    return (states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7],
+            states[8], states[9], states[10], states[11], states[12], states[13], states[14], states[15])
+
+
+@njit(cache=True, nogil=True)
+def _store16(states: np.ndarray, x0: np.integer, x1: np.integer, x2: np.integer, x3: np.integer, x4: np.integer,
+             x5: np.integer, x6: np.integer, x7: np.integer, x8: np.integer, x9: np.integer, x10: np.integer,
+             x11: np.integer, x12: np.integer, x13: np.integer, x14: np.integer, x15: np.integer) -> None:
+    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = \
+        x0, x1, x2, x3, x4, x5, x6, x7
+    states[8], states[9], states[10], states[11], states[12], states[13], states[14], states[15] = \
+        x8, x9, x10, x11, x12, x13, x14, x15
+
 
 @njit(cache=True, nogil=True)
 def _encode_wide(states: np.ndarray, symbols: np.ndarray, table: np.ndarray, words: np.ndarray, pos: np.uint64,
                  n_full: np.uint64) -> np.uint64:
     """Every whole group of a 16-lane chunk, last first; ``states`` updated, the stream position returned."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = states[0], states[1], states[2], states[3], states[4], states[5], states[6], \
-        states[7]
-    x8, x9, x10, x11 = states[8], states[9], states[10], states[11]
-    x12, x13, x14, x15 = states[12], states[13], states[14], states[15]
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = _load16(states)
     i = n_full
     while i > np.uint64(0):
         i -= np.uint64(WIDE_LANES)
@@ -143,10 +157,7 @@ def _encode_wide(states: np.ndarray, symbols: np.ndarray, table: np.ndarray, wor
         x8, x9, x10, x11, pos = _put4(x8, x9, x10, x11, symbols, i + np.uint64(8), table, words, pos)
         x4, x5, x6, x7, pos = _put4(x4, x5, x6, x7, symbols, i + np.uint64(4), table, words, pos)
         x0, x1, x2, x3, pos = _put4(x0, x1, x2, x3, symbols, i, table, words, pos)
-    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = \
-        x0, x1, x2, x3, x4, x5, x6, x7
-    states[8], states[9], states[10], states[11], states[12], states[13], states[14], states[15] = \
-        x8, x9, x10, x11, x12, x13, x14, x15
+    _store16(states, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
     return pos
 
 
@@ -247,10 +258,7 @@ def _decode(words: np.ndarray, states: np.ndarray, precision: int, entries: np.n
 def _decode_wide(states: np.ndarray, words: np.ndarray, p: np.uint64, last: np.uint64, precision: int,
                  mask: np.int64, entries: np.ndarray, out: np.ndarray, n_full: np.uint64) -> np.uint64:
     """Every whole group of a 16-lane chunk; ``states`` updated, the stream position returned."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = states[0], states[1], states[2], states[3], states[4], states[5], states[6], \
-        states[7]
-    x8, x9, x10, x11 = states[8], states[9], states[10], states[11]
-    x12, x13, x14, x15 = states[12], states[13], states[14], states[15]
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = _load16(states)
     for i in range(np.uint64(0), n_full, np.uint64(WIDE_LANES)):
         x0, x1, x2, x3 = _symbols4(x0, x1, x2, x3, precision, mask, entries, out, i)
         x4, x5, x6, x7 = _symbols4(x4, x5, x6, x7, precision, mask, entries, out, i + np.uint64(4))
@@ -260,10 +268,7 @@ def _decode_wide(states: np.ndarray, words: np.ndarray, p: np.uint64, last: np.u
         x4, x5, x6, x7, p = _renormalise4(x4, x5, x6, x7, words, p, last)
         x8, x9, x10, x11, p = _renormalise4(x8, x9, x10, x11, words, p, last)
         x12, x13, x14, x15, p = _renormalise4(x12, x13, x14, x15, words, p, last)
-    states[0], states[1], states[2], states[3], states[4], states[5], states[6], states[7] = \
-        x0, x1, x2, x3, x4, x5, x6, x7
-    states[8], states[9], states[10], states[11], states[12], states[13], states[14], states[15] = \
-        x8, x9, x10, x11, x12, x13, x14, x15
+    _store16(states, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
     return p
 
 
