@@ -18,7 +18,6 @@ stored raw (``CODEC_RAW``, bit-packed).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -45,8 +44,8 @@ from .container import (
 )
 from .entropy import (
     FrequencyTable,
-    chunk_histograms,
     coded_bits,
+    count_chunks,
     entropy_bits,
     fit_table,
     histogram,
@@ -213,24 +212,55 @@ def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: Fr
     return EncodedChunk(out[start:], checksum, mode, table[:table_size].tobytes())
 
 
+@njit(cache=True, nogil=True)
+def _model_plane(symbols: np.ndarray, bits: int, per_chunk: np.ndarray, table: np.ndarray) -> tuple:
+    """How a plane is stored, as one kernel: it counts each chunk's symbols into ``per_chunk`` (zeros, a row
+    per chunk), and returns (codec, entropy bound in bits, the constant of a CODEC_CONST plane, and for
+    CODEC_RANS the table's serialised size, written into ``table``, its precision and frequencies).
+
+    rANS if its estimated size (the plane's table, its bytes, every chunk's final states) beats the
+    plane's bits packed raw; one symbol value makes a constant plane. A kernel, not Python calling
+    one kernel after another: pack models several hundred planes per checkpoint on threads that share
+    the GIL.
+    """
+    count_chunks(symbols, CHUNK_SYMBOLS, per_chunk)
+    counts = np.zeros(per_chunk.shape[1], np.int64)
+    for k in range(per_chunk.shape[0]):
+        for s in range(counts.size):
+            counts[s] += per_chunk[k, s]
+    bound = int(np.ceil(entropy_bits(counts)))
+    present, constant = 0, 0
+    for s in range(counts.size):
+        if counts[s] > 0:
+            present, constant = present + 1, s
+    no_table = np.zeros(0, np.int64)
+    if present == 1:
+        return CODEC_CONST, bound, constant, 0, 0, no_table
+    if present:
+        precision, freq = fit_table(counts, 1)
+        if precision:
+            size = serialized_size(freq)
+            states = rans.header_bytes(CHUNK_SYMBOLS) * per_chunk.shape[0]
+            if coded_bits(counts, freq, precision) / 8 + size + states < (symbols.size * bits + 7) // 8:
+                serialize(freq, precision, table[:size])
+                return CODEC_RANS, bound, 0, size, precision, freq
+    return CODEC_RAW, bound, 0, 0, 0, no_table
+
+
 def _plane_model(symbols: np.ndarray, bits: int) -> tuple[PlaneRecord, list[Callable[[], EncodedChunk]]]:
     """A plane's record (its codec, and its table if rANS) and the job coding each of its chunks."""
-    per_chunk = chunk_histograms(symbols, bits, CHUNK_SYMBOLS)
-    counts = per_chunk.sum(axis=0)
-    bound = math.ceil(entropy_bits(counts))
-    present = np.flatnonzero(counts)
-    if present.size == 1:
-        return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
     slices = _chunks(symbols.size, CHUNK_SYMBOLS)
-    raw_bytes = bitpack.packed_size(symbols.size, bits)
-    table = FrequencyTable.fit(counts) if present.size else None
-    if table is not None:
-        record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
-        states = rans.header_bytes(CHUNK_SYMBOLS) * len(slices)
-        if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
-            encoder = table.encoder_table()
-            return record, [functools.partial(_encode_chunk, symbols[s], per_chunk[k], bits, table, encoder)
-                            for k, s in enumerate(slices)]
+    per_chunk = np.zeros((len(slices), 1 << bits), np.int64)
+    table_bytes = np.empty(max_serialized_size(bits), np.uint8)
+    plane_codec, bound, constant, size, precision, freq = _model_plane(symbols, bits, per_chunk, table_bytes)
+    if plane_codec == CODEC_CONST:
+        return PlaneRecord(CODEC_CONST, bits, bound, 0, constant.to_bytes(2, "little")), []
+    if plane_codec == CODEC_RANS:
+        table = FrequencyTable(precision, freq)
+        encoder = table.encoder_table()
+        return (PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table_bytes[:size].tobytes()),
+                [functools.partial(_encode_chunk, symbols[s], per_chunk[k], bits, table, encoder)
+                 for k, s in enumerate(slices)])
     return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
             [functools.partial(_raw_chunk, symbols[s], bits) for s in slices])
 

@@ -50,20 +50,15 @@ def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray) -> None:
-    for k in range(counts.shape[0]):
-        _count(symbols[k * chunk:(k + 1) * chunk], counts[k])
-
-
-def chunk_histograms(symbols: np.ndarray, width: int, chunk: int) -> np.ndarray:
-    """``histogram`` of each run of ``chunk`` symbols (the last may be shorter), one row each.
+def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray) -> None:
+    """Add to row ``k`` of ``counts`` (zeros, ``2**width`` columns) the histogram of the ``k``-th run of
+    ``chunk`` symbols (the last may be shorter).
 
     A plane coder needs both the plane's counts (for its table) and each chunk's (for the chunk's
     mode): their rows sum to the plane's, so the symbols are counted once, not twice.
     """
-    counts = np.zeros((-(-symbols.size // chunk), 1 << width), np.int64)
-    _count_chunks(symbols.ravel(), chunk, counts)
-    return counts
+    for k in range(counts.shape[0]):
+        _count(symbols[k * chunk:(k + 1) * chunk], counts[k])
 
 
 @njit(cache=True, nogil=True)
