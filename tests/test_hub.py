@@ -183,6 +183,34 @@ def test_an_archive_failing_its_checksum_mid_stream_leaves_nothing_and_the_cache
     assert sha256_tree(_pull(hub, tmp_path, "erin/damaged")) == sha256_tree(minilm_dirs["BF16"])
 
 
+def test_a_truncated_archive_in_a_repo_is_named_with_the_repo(hub: FakeHub, minilm_dirs: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    wh.push(minilm_dirs["F16"], "erin/cut", token=TOKEN, endpoint=hub.url)
+    repo = hub.repos["erin/cut"]
+    files = dict(repo.commits[repo.branches["main"]])
+    repo.commit({**files, "model.wpk": files["model.wpk"][:len(files["model.wpk"]) // 2]}, "main", "cut")
+    with pytest.raises(WeightpackError, match=r"^erin/cut: model\.wpk: .*truncated") as err:
+        _pull(hub, tmp_path, "erin/cut")
+    assert "\n" not in str(err.value) and not (tmp_path / "pulled").exists()
+
+
+def test_from_pretrained_refuses_a_repo_whose_config_differs_from_its_manifest(
+        hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The config and tokenizer build the model as much as the weights do: checked as ``pull`` checks them."""
+    transformers = pytest.importorskip("transformers")
+    wh.push(minilm_dirs["BF16"], "erin/edited", token=TOKEN, endpoint=hub.url)
+    repo = hub.repos["erin/edited"]
+    files = dict(repo.commits[repo.branches["main"]])
+    repo.commit({**files, "config.json": files["config.json"].replace(b'"gelu"', b'"relu"')}, "main", "edited")
+    with pytest.raises(WeightpackError, match=r"^erin/edited: .*config\.json: differs from the file recorded"):
+        weightpack.from_pretrained(transformers.AutoModel, "erin/edited", token=TOKEN, endpoint=hub.url,
+                                   cache_dir=tmp_path / "cache")
+    repo.commit({**files, "extra.txt": b"unlisted"}, "main", "added")
+    with pytest.raises(WeightpackError, match=r"^erin/edited: .*not listed in weightpack\.json: extra\.txt"):
+        weightpack.from_pretrained(transformers.AutoModel, "erin/edited", token=TOKEN, endpoint=hub.url,
+                                   cache_dir=tmp_path / "cache")
+
+
 def test_from_pretrained_builds_the_model_from_a_packed_repo(hub: FakeHub, minilm_dirs: dict[str, Path],
                                                              tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")

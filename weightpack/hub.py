@@ -22,7 +22,7 @@ from pathlib import Path
 from . import api, manifest
 from .atomic import atomic_output
 from .container import FOOTER, PREAMBLE, SOURCE_SIBLING, PartialArchive, read_index
-from .errors import CANCEL, WeightpackError
+from .errors import CANCEL, WeightpackError, about
 from .paths import MANIFEST, check_destination, walk
 from .sources import BaseSet
 from .wpkfile import ArchiveReader, warm_up_decoder
@@ -229,7 +229,9 @@ class RepoFiles:
         download = self._download(name)
         streamed = self._streamed(name, download, pool, base)
         if streamed is None:
-            with ArchiveReader(download.result(), pool, base) as reader:
+            with about(Path(name)):
+                reader = ArchiveReader(download.result(), pool, base)
+            with reader:
                 yield reader
             return
         reader, arrival = streamed
@@ -258,7 +260,7 @@ class RepoFiles:
         tail = self._range(url, index_offset, size - index_offset) if 0 < index_offset < size else None
         if tail is None:
             return None  # refused properly once downloaded
-        with _about_repo(self.repo_id):
+        with _about_repo(self.repo_id), about(Path(name)):
             index = read_index(PartialArchive(head, tail, size), size)
         if any(s.kind == SOURCE_SIBLING for s in index.sources):
             return None

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest
+from .api import check_files
 from .errors import WeightpackError
 from .hub import RepoFiles, _about_repo, _hub_errors
 from .loading import load_folder
-from .paths import MANIFEST, WPK
+from .paths import MANIFEST, WPK, walk
 from .wpkfile import warm_up_decoder
 
 
@@ -44,17 +45,29 @@ def from_pretrained(model_class: Any, repo_id_or_path: str | os.PathLike, *, rev
     from transformers import AutoConfig
 
     folder, source = packed
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(folder)
-    mapping = getattr(model_class, "_model_mapping", None)  # an Auto class: the concrete class for this config
-    if mapping is not None:
-        try:
-            model_class = mapping[type(config)]
-        except KeyError:
-            raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
-                                  f"{type(config).__name__}") from None
     with _about_repo(source.repo_id) if source is not None else contextlib.nullcontext():
+        _check_folder(folder, streamed=source is not None)
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(folder)
+        mapping = getattr(model_class, "_model_mapping", None)  # an Auto class: the concrete class for this config
+        if mapping is not None:
+            try:
+                model_class = mapping[type(config)]
+            except KeyError:
+                raise WeightpackError(f"{folder}: {model_class.__name__} has no model class for "
+                                      f"{type(config).__name__}") from None
         state = load_folder(folder, framework="pt", threads=threads, base=base, device=device, source=source)
     return model_class.from_pretrained(None, config=config, state_dict=state, **kwargs)
+
+
+def _check_folder(folder: Path, streamed: bool) -> None:
+    """Refuse a packed folder whose files are not the ones its manifest records (a file missing, added, or
+    of another size or sha256), as ``pull`` and ``verify`` do: the config and tokenizer that build the model
+    are checked as the weights are. ``streamed``: its archives are not in the folder but still downloading
+    (each chunk and stripe is checked as it decodes)."""
+    record = manifest.read(folder)
+    present = [f.relative_to(folder).as_posix() for f in walk(folder)]
+    record.check_listing(folder, present + (list(record.archives) if streamed else []))
+    check_files(folder, record, lambda n: None)
 
 
 def _one_gpu(device_map: Any) -> str:
@@ -100,6 +113,7 @@ def _packed_folder(repo_id_or_path: str | os.PathLike, stream: bool,
         raise WeightpackError(f"{repo_id}: {MANIFEST} disappeared from the download")
     if not stream:
         return folder, None
-    archives = list(manifest.read(folder).archives)
+    with _about_repo(repo_id):
+        archives = list(manifest.read(folder).archives)
     return folder, RepoFiles(repo_id, commit, token=hub.get("token"), cache_dir=hub.get("cache_dir"),
                              endpoint=hub.get("endpoint"), archives=archives)
