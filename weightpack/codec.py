@@ -137,18 +137,36 @@ def undo_word_difference(delta: np.ndarray, reference: np.ndarray, itemsize: int
 Stripe = list[EncodedChunk | None]  # chunk k of every plane of a tensor (None: a constant plane has no chunks)
 
 
+def chunk_counts(n: int, bits: int) -> np.ndarray:
+    """Zeros for the histogram of each chunk of a plane of ``n`` symbols (``count_chunks`` fills them)."""
+    return np.zeros((-(-n // CHUNK_SYMBOLS), 1 << bits), np.int64)
+
+
+def count_chunks_of(symbols: np.ndarray, counts: np.ndarray) -> None:
+    """Add the histogram of each chunk of ``symbols`` (a run of whole chunks of a plane, but the last) to
+    its row of ``counts``."""
+    count_chunks(symbols, CHUNK_SYMBOLS, counts)
+
+
 def encode_planes(planes: list[np.ndarray], widths: list[int], transforms: list[int],
-                  pool: Executor | None) -> tuple[list[PlaneRecord], Iterator[Stripe]]:
+                  pool: Executor | None, counts: list[np.ndarray] | None = None
+                  ) -> tuple[list[PlaneRecord], Iterator[Stripe]]:
     """Code a tensor's planes: their records, and their chunks stripe by stripe, in order.
 
-    ``planes`` are what is coded: for a delta, already transformed as ``transforms`` record. The
-    planes' tables are fitted side by side on ``pool`` (or in this thread if None); then each stripe
+    ``planes`` are what is coded: for a delta, already transformed as ``transforms`` record.
+    ``counts``: each plane's chunk histograms (``chunk_counts``), if counted already. A large tensor's
+    are counted by the jobs that split its blocks, side by side; counted by each plane's modelling
+    job instead, a plane of a large tensor was one thread's pass while the other cores waited.
+
+    The planes' tables are fitted side by side on ``pool`` (or in this thread if None); then each stripe
     is one job, a bounded window ahead, so a caller writing stripes out as they come holds only a
     few in memory. One job per stripe, not per chunk: handing a job to a thread costs ~150 us here,
     more than a raw 8-bit chunk's whole coding (a view and its checksum). The records are final
     once every stripe has been consumed.
     """
-    models = [future.result() for future in [submit(pool, _plane_model, p, w) for p, w in zip(planes, widths)]]
+    counts = counts or [None] * len(planes)
+    models = [future.result() for future in [submit(pool, _plane_model, p, w, c)
+                                             for p, w, c in zip(planes, widths, counts)]]
     for (record, _), transform in zip(models, transforms):
         record.transform = transform
     jobs = [chunk_jobs for _, chunk_jobs in models]
@@ -213,17 +231,19 @@ def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: Fr
 
 
 @njit(cache=True, nogil=True)
-def _model_plane(symbols: np.ndarray, bits: int, per_chunk: np.ndarray, table: np.ndarray) -> tuple:
-    """How a plane is stored, as one kernel: it counts each chunk's symbols into ``per_chunk`` (zeros, a row
-    per chunk), and returns (codec, entropy bound in bits, the constant of a CODEC_CONST plane, and for
-    CODEC_RANS the table's serialised size, written into ``table``, its precision and frequencies).
+def _model_plane(symbols: np.ndarray, bits: int, per_chunk: np.ndarray, counted: bool, table: np.ndarray) -> tuple:
+    """How a plane is stored, as one kernel: it counts each chunk's symbols into ``per_chunk`` (zeros, a
+    row per chunk) unless ``counted`` already, and returns (codec, entropy bound in bits, the constant
+    of a CODEC_CONST plane, and for CODEC_RANS the table's serialised size, written into ``table``, its
+    precision and frequencies).
 
     rANS if its estimated size (the plane's table, its bytes, every chunk's final states) beats the
     plane's bits packed raw; one symbol value makes a constant plane. A kernel, not Python calling
     one kernel after another: pack models several hundred planes per checkpoint on threads that share
     the GIL.
     """
-    count_chunks(symbols, CHUNK_SYMBOLS, per_chunk)
+    if not counted:
+        count_chunks(symbols, CHUNK_SYMBOLS, per_chunk)
     counts = np.zeros(per_chunk.shape[1], np.int64)
     for k in range(per_chunk.shape[0]):
         for s in range(counts.size):
@@ -247,12 +267,16 @@ def _model_plane(symbols: np.ndarray, bits: int, per_chunk: np.ndarray, table: n
     return CODEC_RAW, bound, 0, 0, 0, no_table
 
 
-def _plane_model(symbols: np.ndarray, bits: int) -> tuple[PlaneRecord, list[Callable[[], EncodedChunk]]]:
-    """A plane's record (its codec, and its table if rANS) and the job coding each of its chunks."""
+def _plane_model(symbols: np.ndarray, bits: int,
+                 per_chunk: np.ndarray | None) -> tuple[PlaneRecord, list[Callable[[], EncodedChunk]]]:
+    """A plane's record (its codec, and its table if rANS) and the job coding each of its chunks;
+    ``per_chunk``: its chunks' histograms, if counted already."""
     slices = _chunks(symbols.size, CHUNK_SYMBOLS)
-    per_chunk = np.zeros((len(slices), 1 << bits), np.int64)
+    counted = per_chunk is not None
+    per_chunk = per_chunk if counted else chunk_counts(symbols.size, bits)
     table_bytes = np.empty(max_serialized_size(bits), np.uint8)
-    plane_codec, bound, constant, size, precision, freq = _model_plane(symbols, bits, per_chunk, table_bytes)
+    plane_codec, bound, constant, size, precision, freq = _model_plane(symbols, bits, per_chunk, counted,
+                                                                       table_bytes)
     if plane_codec == CODEC_CONST:
         return PlaneRecord(CODEC_CONST, bits, bound, 0, constant.to_bytes(2, "little")), []
     if plane_codec == CODEC_RANS:
