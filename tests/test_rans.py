@@ -103,3 +103,35 @@ def test_normalised_tables_sum_exactly_and_keep_every_present_symbol(counts: lis
         return
     freq = _normalise(counts, precision)
     assert freq.sum() == 1 << precision and np.array_equal(freq > 0, counts > 0)
+
+
+def _coded(records: list, stripes) -> list:
+    chunks = [(c.payload.tobytes(), c.checksum, c.mode, c.table) for stripe in stripes for c in stripe if c]
+    return [(r.codec, r.bits, r.bound_bits, r.params) for r in records] + chunks
+
+
+def test_a_plane_codes_the_same_whether_its_chunks_were_counted_while_read_or_by_its_model() -> None:
+    """Pack counts a large tensor's chunk histograms block by block as it reads them, side by side; the
+    archive must not depend on where the counting happened."""
+    from weightpack import codec
+
+    rng = np.random.default_rng(5)
+    n = 3 * codec.CHUNK_SYMBOLS + 1000
+    skewed = np.minimum(rng.geometric(0.05, n), 1023).astype(np.uint16)  # 10 bits, like BF16's heads
+    c = codec.CHUNK_SYMBOLS
+    skewed[c:2 * c] //= 4  # a chunk whose statistics differ: a table of its own
+    skewed[2 * c:3 * c] = rng.integers(0, 1024, c)  # one coding cannot shrink: raw
+    noise = rng.integers(0, 64, n).astype(np.uint8)  # 6 bits, random: a raw plane
+    planes, widths = [skewed, noise], [10, 6]
+    counts = [codec.chunk_counts(n, bits) for bits in widths]
+    for first in range(0, n, 2 * codec.CHUNK_SYMBOLS):  # two blocks of whole chunks, as pack reads them
+        rows = slice(first // codec.CHUNK_SYMBOLS, -(-min(first + 2 * codec.CHUNK_SYMBOLS, n) // codec.CHUNK_SYMBOLS))
+        for plane, plane_counts in zip(planes, counts):
+            codec.count_chunks_of(plane[first:first + 2 * codec.CHUNK_SYMBOLS], plane_counts[rows])
+    transforms = [codec.TRANSFORM_NONE] * 2
+    by_model = _coded(*codec.encode_planes(planes, widths, transforms, None))
+    counted_while_read = _coded(*codec.encode_planes(planes, widths, transforms, None, counts))
+    assert by_model == counted_while_read
+    assert [record[0] for record in by_model[:2]] == [codec.CODEC_RANS, codec.CODEC_RAW]
+    modes = {mode for _, _, mode, _ in by_model[2::2]}  # the first plane's chunks (stripe by stripe)
+    assert modes == {codec.CHUNK_PLANE, codec.CHUNK_OWN, codec.CHUNK_RAW}  # every mode took part
