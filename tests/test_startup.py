@@ -87,7 +87,7 @@ def test_a_first_run_compiles_one_rans_decoder_for_planes_of_every_width(minilm_
             "from weightpack.wpkfile import warm_up_decoder\n"
             "warm_up_decoder()\nwriters = len(entropy.serialize.signatures)\n"
             "for a in sys.argv[1:]:\n    weightpack.unpack(a, a + '.out')\n"
-            "print(len(rans.decode_words.signatures), writers)")
+            "print(len(rans._decode.signatures), writers)")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
     result = subprocess.run([sys.executable, "-c", code, *archives], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

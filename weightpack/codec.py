@@ -18,7 +18,6 @@ stored raw (``CODEC_RAW``, bit-packed).
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -40,21 +39,17 @@ from .container import (
     TRANSFORM_SUB,
     TRANSFORM_WORD_SUB,
     TRANSFORM_XOR,
-    Chunk,
     PlaneRecord,
     unzstd,
 )
 from .entropy import (
-    TABLE_ERRORS,
     FrequencyTable,
     coded_bits,
     count_chunks,
     entropy_bits,
-    fill_decoder_entries,
     fit_table,
     histogram,
     max_serialized_size,
-    parse_table,
     present_symbols,
     serialize,
     serialized_size,
@@ -325,61 +320,6 @@ def _zstd_chunk(compressor: zstandard.ZstdCompressor, data: np.ndarray) -> Encod
     return EncodedChunk.stored(np.frombuffer(compressor.compress(data), np.uint8))
 
 
-_BAD_CHECKSUM, _BAD_STREAM, _BAD_TABLE = 1, 2, 10  # _decode_rans_chunk's answers; a table's error adds its own
-
-
-@njit(cache=True, nogil=True)
-def _decode_rans_chunk(data: np.ndarray, blocks: np.ndarray, words: np.ndarray, checksum: int, table: np.ndarray,
-                       precision: int, entries: np.ndarray, scratch: tuple, out: np.ndarray) -> int:
-    """Check a rANS chunk's stored bytes (``data``; ``blocks``, ``words``: their whole 32-byte blocks and
-    16-bit words, as numpy views) against their checksum, then decode ``out.size`` symbols into ``out``
-    with the plane's table (``precision``, ``entries``) or, if ``table`` is not empty, the chunk's own,
-    parsed into ``scratch`` = (frequencies, decoder slots, lanes' states): this thread's reused buffers.
-
-    0, or what failed: ``_BAD_CHECKSUM``, ``_BAD_STREAM`` (an odd size, or the coder's end-to-end check),
-    ``_BAD_TABLE`` plus ``entropy.TABLE_ERRORS``' key. One call per chunk, without the GIL: the checksum,
-    the table and the decoder were four calls from Python, and a table of its own two fresh arrays (256
-    KiB zeroed at precision 15) for each of most chunks of a large plane. The Python around each chunk
-    is what all decoding threads share (see RESULTS.md, *GPU decode*, on many cores).
-    """
-    if xxh64(data, blocks, 0) & 0xFFFFFFFF != checksum:
-        return _BAD_CHECKSUM
-    freq, slots, states = scratch
-    if table.size:
-        for s in range(freq.size):
-            freq[s] = 0
-        error = parse_table(table, freq)
-        if error:
-            return _BAD_TABLE + error
-        precision, entries = np.int64(table[0]), slots
-        fill_decoder_entries(freq, entries)
-    if 2 * words.size != data.size:
-        return _BAD_STREAM
-    return 0 if rans.decode_words(words, states, precision, entries, out) else _BAD_STREAM
-
-
-class _Buffers(threading.local):
-    """Each decoding thread's buffers for chunks with a table of their own, one set per plane width."""
-
-    def get(self, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if bits not in self.__dict__:
-            self.__dict__[bits] = (np.zeros(1 << bits, np.int64), np.zeros(1 << rans.MAX_PRECISION, np.int64),
-                                   np.empty(rans.WIDE_LANES, np.int64))
-        return self.__dict__[bits]
-
-
-_BUFFERS = _Buffers()
-_NO_TABLE, _NO_ENTRIES = np.frombuffer(b"", np.uint8), np.zeros(0, np.int64)  # read-only, as an own table is
-
-
-def load_rans_decoder() -> None:
-    """Load the chunk decoder (from numba's cache, or compiling it) for the warm-up of ``wpkfile``: a
-    call that stops at the checksum, with the argument types a real chunk has."""
-    data = np.zeros(16, np.uint8)
-    _decode_rans_chunk(data, data[:0].view(np.uint64), data.view(np.uint16), 1, _NO_TABLE, 1, _NO_ENTRIES,
-                       _BUFFERS.get(2), np.zeros(4, PlaneDecoder.dtype))
-
-
 class PlaneDecoder:
     """Decodes one plane chunk by chunk, so that memory stays bounded whatever size a plane claims.
 
@@ -436,40 +376,29 @@ class PlaneDecoder:
             return out
         info = self.plane.chunks[k]
         data = read(info.offset, info.size)
-        if self.plane.codec == CODEC_RANS and info.mode != CHUNK_RAW:
-            self._rans(info, data, out)
-            return out
         if chunk_checksum(data) != info.checksum:
             raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
         if self.plane.codec == CODEC_ZSTD:
             out[:] = np.frombuffer(unzstd(data, out.size, f"{self.where}: zstd chunk"), np.uint8)
-        elif self.plane.bits == 8:
-            if data.size != out.size:
-                raise FormatError(f"{self.where}: raw chunk at offset {info.offset} has the wrong size")
-            return data
-        else:
+        elif self.plane.codec == CODEC_RAW or info.mode == CHUNK_RAW:
+            if self.plane.bits == 8:
+                if data.size != out.size:
+                    raise FormatError(f"{self.where}: raw chunk at offset {info.offset} has the wrong size")
+                return data
             self._raw(data, out, info.offset)
-        return out
-
-    def _rans(self, info: Chunk, data: np.ndarray, out: np.ndarray) -> None:
-        """Check and decode a rANS chunk: one kernel call (``_decode_rans_chunk``), with this thread's buffers."""
-        if info.mode == CHUNK_OWN:
-            table, precision, entries = np.frombuffer(info.table, np.uint8), 0, _NO_ENTRIES
-        elif self.shared is None:
-            raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
         else:
-            if self._shared_entries is None:  # built once, on first use (by whichever worker gets there)
-                self._shared_entries = self.shared.decoder_entries()
-            table, precision, entries = _NO_TABLE, self.shared.precision, self._shared_entries
-        n = data.size
-        status = _decode_rans_chunk(data, data[:n - n % 32].view(np.uint64), data[:n - n % 2].view(np.uint16),
-                                    info.checksum, table, precision, entries, _BUFFERS.get(self.plane.bits), out)
-        if status == _BAD_CHECKSUM:
-            raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
-        if status == _BAD_STREAM:
-            raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
-        if status:
-            raise FormatError(f"{self.where}: frequency table {TABLE_ERRORS[status - _BAD_TABLE]}")
+            if info.mode == CHUNK_OWN:
+                table = self._table(info.table)
+                precision, entries = table.precision, table.decoder_entries()
+            elif self.shared is None:
+                raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
+            else:
+                if self._shared_entries is None:  # built once, on first use (by whichever worker gets there)
+                    self._shared_entries = self.shared.decoder_entries()
+                precision, entries = self.shared.precision, self._shared_entries
+            if not rans.decode(data, precision, entries, out):
+                raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
+        return out
 
     def _raw(self, data: np.ndarray, out: np.ndarray, offset: int) -> None:
         if not bitpack.unpack_into(data, self.plane.bits, out):  # masks each symbol to the plane's width

@@ -234,13 +234,13 @@ def fit_table(counts: np.ndarray, min_precision: int) -> tuple:
     return precision, freq
 
 
-TABLE_ERRORS = {1: "is truncated", 2: "has an invalid precision or alphabet",
+_TABLE_ERRORS = {1: "is truncated", 2: "has an invalid precision or alphabet",
                  3: "is truncated, malformed or has trailing bytes", 4: "does not sum to its total"}
 
 
 @njit(cache=True, nogil=True)
-def parse_table(data: np.ndarray, freq: np.ndarray) -> int:
-    """Fill ``freq`` (zeros, ``2**width`` entries) from a serialised table; 0, or an ``TABLE_ERRORS`` key.
+def _parse_table(data: np.ndarray, freq: np.ndarray) -> int:
+    """Fill ``freq`` (zeros, ``2**width`` entries) from a serialised table; 0, or an ``_TABLE_ERRORS`` key.
 
     Runs without the GIL: tables of their own are parsed for most chunks, by the decoding threads.
     """
@@ -343,9 +343,9 @@ class FrequencyTable:
     def from_bytes(cls, data: bytes | np.ndarray, width: int) -> FrequencyTable:
         """Parse and validate a serialised table for a ``width``-bit plane; FormatError if invalid."""
         freq = np.zeros(1 << width, np.int64)
-        error = parse_table(np.frombuffer(data, np.uint8), freq)
+        error = _parse_table(np.frombuffer(data, np.uint8), freq)
         if error:
-            raise FormatError(f"frequency table {TABLE_ERRORS[error]}")
+            raise FormatError(f"frequency table {_TABLE_ERRORS[error]}")
         return cls(int(data[0]), freq)
 
     def encoder_table(self) -> np.ndarray:
@@ -356,12 +356,12 @@ class FrequencyTable:
 
         Allocated here, in numpy, and filled by a kernel (a start-up rule: see ``jit``)."""
         entries = np.zeros(1 << self.precision, np.int64)
-        fill_decoder_entries(self.freq, entries)
+        _fill_decoder_entries(self.freq, entries)
         return entries
 
 
 @njit(cache=True, nogil=True)
-def fill_decoder_entries(freq: np.ndarray, entries: np.ndarray) -> None:
+def _fill_decoder_entries(freq: np.ndarray, entries: np.ndarray) -> None:
     slot = 0
     for s in range(freq.size):
         for k in range(min(freq[s], entries.size - slot)):  # the bound only matters for an invalid table

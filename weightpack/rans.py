@@ -209,21 +209,20 @@ def decode(stream: np.ndarray, precision: int, entries: np.ndarray, out: np.ndar
     """
     if stream.size & 1:
         return False
-    return decode_words(stream.view(np.uint16), np.empty(WIDE_LANES, np.int64), precision, entries, out)
+    return _decode(stream.view(np.uint16), np.empty(WIDE_LANES, np.int64), precision, entries, out)
 
 
 @njit(cache=True, nogil=True)
-def decode_words(words: np.ndarray, states: np.ndarray, precision: int, entries: np.ndarray, out: np.ndarray) -> bool:
+def _decode(words: np.ndarray, states: np.ndarray, precision: int, entries: np.ndarray, out: np.ndarray) -> bool:
     """``decode`` of the stream as little-endian words (byte order checked at import); ``states``:
-    scratch for the lanes' states (``WIDE_LANES``). ``entries`` may be longer than the table's
-    ``1 << precision`` slots (a reused buffer): only those are looked up.
+    scratch for the lanes' states.
 
     Safety for hostile input: with ``x`` in ``[L, 2**31)`` and ``f <= 2**n``, the decode step gives
     ``1 <= x' < 2**31`` and one renormalisation brings it back into ``[L, 2**31)``. Word reads are
     clamped to the last word of the stream; running past its end is reported, never performed.
     """
     n_lanes = lanes(out.size)
-    if words.size < 2 * n_lanes or not 1 <= precision <= MAX_PRECISION or entries.size < 1 << precision:
+    if words.size < 2 * n_lanes or entries.size != 1 << precision:
         return False
     for lane in range(n_lanes):
         x = np.int64(words[2 * lane]) | (np.int64(words[2 * lane + 1]) << 16)

@@ -20,7 +20,7 @@ from typing import BinaryIO, TypeVar
 
 import numpy as np
 
-from . import bitpack, codec, dtypes, planes
+from . import bitpack, codec, dtypes, planes, rans
 from .atomic import start_writeback
 from .checksum import stripe_hash
 from .container import (
@@ -634,8 +634,7 @@ def warm_up_decoder() -> None:
     warming up all three formats' merges compiled, on a machine's first run, ~0.6 s that a model of one
     dtype never used."""
     decoder = codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, _TWO_SYMBOL_TABLE), "warm-up")  # parses it
-    decoder.shared.decoder_entries()
-    codec.load_rans_decoder()
+    rans.decode(np.zeros(16, np.uint8), 1, decoder.shared.decoder_entries(), np.zeros(4, decoder.dtype))
     bitpack.unpack_into(np.zeros(7, np.uint8), 6, np.zeros(9, decoder.dtype))  # BF16's and F32's sign + mantissa
     stripe_hash(np.zeros(8, np.uint8), 0)
 
