@@ -78,7 +78,7 @@ def finish(data: np.ndarray, p: int, end: int, n: int, v1: np.uint64, v2: np.uin
 
 
 @njit(cache=True, nogil=True)
-def xxh64(data: np.ndarray, words: np.ndarray, seed: int) -> np.uint64:
+def _xxh64(data: np.ndarray, words: np.ndarray, seed: int) -> np.uint64:
     """XXH64 of a contiguous uint8 array, given its whole 32-byte blocks as ``words`` (uint64, read as
     native words: weightpack runs on little-endian machines)."""
     n = data.size
@@ -111,4 +111,4 @@ def _xxh64_of(data: np.ndarray, seed: int) -> int:
     """XXH64 of ``data``'s bytes. Its byte and word views are made here, in numpy, not in the kernel (a
     start-up rule: see ``jit``)."""
     data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    return int(xxh64(data, data[:data.size - data.size % 32].view(np.uint64), seed))
+    return int(_xxh64(data, data[:data.size - data.size % 32].view(np.uint64), seed))

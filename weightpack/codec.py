@@ -18,15 +18,16 @@ stored raw (``CODEC_RAW``, bit-packed).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zstandard
 
 from . import bitpack, rans
-from .checksum import chunk_checksum, xxh64
+from .checksum import chunk_checksum
 from .container import (
     CHUNK_OWN,
     CHUNK_PLANE,
@@ -42,20 +43,8 @@ from .container import (
     PlaneRecord,
     unzstd,
 )
-from .entropy import (
-    FrequencyTable,
-    coded_bits,
-    count_chunks,
-    entropy_bits,
-    fit_table,
-    histogram,
-    max_serialized_size,
-    present_symbols,
-    serialize,
-    serialized_size,
-)
+from .entropy import FrequencyTable, count_chunks, entropy_bits, histogram, present_symbols
 from .errors import FormatError, IntegrityError
-from .jit import njit
 from .parallel import ordered_map, submit
 
 CHUNK_SYMBOLS = 1 << 18
@@ -69,22 +58,19 @@ MIN_CODING_GAIN = 0.01
 
 @dataclass
 class EncodedChunk:
-    """A coded chunk and its checksum (``checksum.chunk_checksum`` of ``payload``), computed where it was
-    coded (a worker thread), not by the writer.
+    """A coded chunk and its checksum, computed where it was coded (a worker thread), not by the writer.
 
     ``payload`` (uint8) is a view, not a copy: of the encoder's output buffer, of the bit-packed symbols, or
     of the plane itself for a raw 8-bit chunk. Copying every chunk into a ``bytes`` cost a pass over most
     of the archive, and fresh pages to fault in, before the one copy that matters (into the file)."""
 
     payload: np.ndarray
-    checksum: int
     mode: int = CHUNK_PLANE
     table: bytes = b""  # the chunk's own frequency table (CHUNK_OWN), stored in the index
+    checksum: int = field(init=False)
 
-    @classmethod
-    def stored(cls, payload: np.ndarray, mode: int = CHUNK_PLANE) -> EncodedChunk:
-        """A chunk whose payload was made outside the coding kernel (raw, zstd), checksummed here."""
-        return cls(payload, chunk_checksum(payload), mode)
+    def __post_init__(self) -> None:
+        self.checksum = chunk_checksum(self.payload)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -138,7 +124,7 @@ Stripe = list[EncodedChunk | None]  # chunk k of every plane of a tensor (None: 
 
 
 def chunk_counts(n: int, bits: int) -> np.ndarray:
-    """Zeros for the histogram of each chunk of a plane of ``n`` symbols (``count_chunks`` fills them)."""
+    """Zeros for the histogram of each chunk of a plane of ``n`` symbols (``count_chunks_of`` fills them)."""
     return np.zeros((-(-n // CHUNK_SYMBOLS), 1 << bits), np.int64)
 
 
@@ -180,117 +166,56 @@ def _stripe(jobs: list[Callable[[], EncodedChunk] | None]) -> Stripe:
     return [None if job is None else job() for job in jobs]
 
 
-@njit(cache=True, nogil=True)
-def _code_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared_freq: np.ndarray, shared_precision: int,
-                shared_table: np.ndarray, out: np.ndarray, table: np.ndarray, result: np.ndarray) -> None:
-    """Code one chunk of a rANS plane (``counts``: its histogram) in whichever mode is estimated smallest:
-    the plane's table, a table of its own (fitted here, serialised into ``table``), or raw unless coding
-    saves ``MIN_CODING_GAIN``; ties go to the plane's table, then to raw.
-
-    A coded chunk's stream goes into the tail of ``out`` (``rans.max_stream_bytes`` of the chunk).
-    ``result`` = (stream start in ``out``, mode, checksum, own table's size); a raw chunk is left to
-    the caller, which bit-packs it, or views it.
-
-    One kernel for the whole choice and coding: it was a dozen calls from Python per chunk (the costs,
-    the fit, the encoder table, the coder, the checksum), each taking back the GIL that the other
-    coding threads wait on.
-    """
-    raw_cost = symbols.size * bits * (1 - MIN_CODING_GAIN)
-    mode, best = CHUNK_PLANE, coded_bits(counts, shared_freq, shared_precision)
-    if raw_cost < best:
-        mode, best = CHUNK_RAW, raw_cost
-    own_precision, own_freq = 0, shared_freq
-    if entropy_bits(counts) + 8 * present_symbols(counts) < best:  # a table of its own may pay
-        own_precision, own_freq = fit_table(counts, OWN_TABLE_MIN_PRECISION)
-        if own_precision and coded_bits(counts, own_freq, own_precision) + 8 * (serialized_size(own_freq) + 2) < best:
-            mode = CHUNK_OWN
-    result[:] = 0
-    result[1] = mode
-    if mode == CHUNK_RAW:
-        return
-    if mode == CHUNK_OWN:
-        start = rans.encode(symbols, rans.encoder_table(own_freq, own_precision), out)
-        result[3] = serialized_size(own_freq)
-        serialize(own_freq, own_precision, table[:result[3]])
-    else:
-        start = rans.encode(symbols, shared_table, out)
-    stream = out[start:]
-    result[0], result[2] = start, xxh64(stream, stream[:stream.size - stream.size % 32].view(np.uint64), 0) & 0xFFFFFFFF
-
-
-def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: FrequencyTable,
-                  shared_table: np.ndarray) -> EncodedChunk:
-    """``_code_chunk``, its stream a view of its output buffer."""
+def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> np.ndarray:
     out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
-    table, result = np.empty(max_serialized_size(bits), np.uint8), np.empty(4, np.int64)
-    _code_chunk(symbols, counts, bits, shared.freq, shared.precision, shared_table, out, table, result)
-    start, mode, checksum, table_size = result.tolist()
+    return out[rans.encode(symbols, table.encoder_table(), out):]
+
+
+def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: FrequencyTable) -> EncodedChunk:
+    """One chunk (``counts``: its histogram) in whichever mode is estimated smallest (raw unless coding
+    saves MIN_CODING_GAIN)."""
+    raw = symbols.size * bits
+    costs = {CHUNK_PLANE: shared.coded_bits(counts), CHUNK_RAW: raw * (1 - MIN_CODING_GAIN)}
+    own = None
+    if entropy_bits(counts) + 8 * present_symbols(counts) < min(costs.values()):  # a table of its own may pay
+        own = FrequencyTable.fit(counts, OWN_TABLE_MIN_PRECISION)
+        if own is not None:
+            costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (own.serialized_size() + 2)
+    mode = min(costs, key=costs.get)
     if mode == CHUNK_RAW:
-        return EncodedChunk.stored(bitpack.pack(symbols, bits), CHUNK_RAW)
-    return EncodedChunk(out[start:], checksum, mode, table[:table_size].tobytes())
-
-
-@njit(cache=True, nogil=True)
-def _model_plane(symbols: np.ndarray, bits: int, per_chunk: np.ndarray, counted: bool, table: np.ndarray) -> tuple:
-    """How a plane is stored, as one kernel: it counts each chunk's symbols into ``per_chunk`` (zeros, a
-    row per chunk) unless ``counted`` already, and returns (codec, entropy bound in bits, the constant
-    of a CODEC_CONST plane, and for CODEC_RANS the table's serialised size, written into ``table``, its
-    precision and frequencies).
-
-    rANS if its estimated size (the plane's table, its bytes, every chunk's final states) beats the
-    plane's bits packed raw; one symbol value makes a constant plane. A kernel, not Python calling
-    one kernel after another: pack models several hundred planes per checkpoint on threads that share
-    the GIL.
-    """
-    if not counted:
-        count_chunks(symbols, CHUNK_SYMBOLS, per_chunk)
-    counts = np.zeros(per_chunk.shape[1], np.int64)
-    for k in range(per_chunk.shape[0]):
-        for s in range(counts.size):
-            counts[s] += per_chunk[k, s]
-    bound = int(np.ceil(entropy_bits(counts)))
-    present, constant = 0, 0
-    for s in range(counts.size):
-        if counts[s] > 0:
-            present, constant = present + 1, s
-    no_table = np.zeros(0, np.int64)
-    if present == 1:
-        return CODEC_CONST, bound, constant, 0, 0, no_table
-    if present:
-        precision, freq = fit_table(counts, 1)
-        if precision:
-            size = serialized_size(freq)
-            states = rans.header_bytes(CHUNK_SYMBOLS) * per_chunk.shape[0]
-            if coded_bits(counts, freq, precision) / 8 + size + states < (symbols.size * bits + 7) // 8:
-                serialize(freq, precision, table[:size])
-                return CODEC_RANS, bound, 0, size, precision, freq
-    return CODEC_RAW, bound, 0, 0, 0, no_table
+        return EncodedChunk(bitpack.pack(symbols, bits), CHUNK_RAW)
+    if mode == CHUNK_OWN:
+        return EncodedChunk(_rans_stream(symbols, own), CHUNK_OWN, own.to_bytes())
+    return EncodedChunk(_rans_stream(symbols, shared))
 
 
 def _plane_model(symbols: np.ndarray, bits: int,
                  per_chunk: np.ndarray | None) -> tuple[PlaneRecord, list[Callable[[], EncodedChunk]]]:
     """A plane's record (its codec, and its table if rANS) and the job coding each of its chunks;
     ``per_chunk``: its chunks' histograms, if counted already."""
+    if per_chunk is None:
+        per_chunk = chunk_counts(symbols.size, bits)
+        count_chunks_of(symbols, per_chunk)
+    counts = per_chunk.sum(axis=0)
+    bound = math.ceil(entropy_bits(counts))
+    present = np.flatnonzero(counts)
+    if present.size == 1:
+        return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
     slices = _chunks(symbols.size, CHUNK_SYMBOLS)
-    counted = per_chunk is not None
-    per_chunk = per_chunk if counted else chunk_counts(symbols.size, bits)
-    table_bytes = np.empty(max_serialized_size(bits), np.uint8)
-    plane_codec, bound, constant, size, precision, freq = _model_plane(symbols, bits, per_chunk, counted,
-                                                                       table_bytes)
-    if plane_codec == CODEC_CONST:
-        return PlaneRecord(CODEC_CONST, bits, bound, 0, constant.to_bytes(2, "little")), []
-    if plane_codec == CODEC_RANS:
-        table = FrequencyTable(precision, freq)
-        encoder = table.encoder_table()
-        return (PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table_bytes[:size].tobytes()),
-                [functools.partial(_encode_chunk, symbols[s], per_chunk[k], bits, table, encoder)
-                 for k, s in enumerate(slices)])
+    raw_bytes = bitpack.packed_size(symbols.size, bits)
+    table = FrequencyTable.fit(counts) if present.size else None
+    if table is not None:
+        record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
+        states = rans.header_bytes(CHUNK_SYMBOLS) * len(slices)
+        if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
+            return record, [functools.partial(_encode_chunk, symbols[s], per_chunk[k], bits, table)
+                            for k, s in enumerate(slices)]
     return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
             [functools.partial(_raw_chunk, symbols[s], bits) for s in slices])
 
 
 def _raw_chunk(symbols: np.ndarray, bits: int) -> EncodedChunk:
-    return EncodedChunk.stored(bitpack.pack(symbols, bits))
+    return EncodedChunk(bitpack.pack(symbols, bits))
 
 
 def _drop_unused_tables(records: list[PlaneRecord], stripes: Iterator[Stripe]) -> Iterator[Stripe]:
@@ -312,12 +237,11 @@ def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[list[PlaneRec
     packed = list(ordered_map(pool, (functools.partial(_zstd_chunk, compressor, data[s]) for s in slices)))
     if sum(len(c.payload) for c in packed) < len(data):
         return [PlaneRecord(CODEC_ZSTD, 8, 8 * len(data), BYTES_CHUNK, b"")], [[c] for c in packed]
-    raw = [[EncodedChunk.stored(data[s])] for s in slices]
-    return [PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b"")], raw
+    return [PlaneRecord(CODEC_RAW, 8, 8 * len(data), BYTES_CHUNK, b"")], [[EncodedChunk(data[s])] for s in slices]
 
 
 def _zstd_chunk(compressor: zstandard.ZstdCompressor, data: np.ndarray) -> EncodedChunk:
-    return EncodedChunk.stored(np.frombuffer(compressor.compress(data), np.uint8))
+    return EncodedChunk(np.frombuffer(compressor.compress(data), np.uint8))
 
 
 class PlaneDecoder:

@@ -13,6 +13,7 @@ present symbol``, where the bitmap covers symbols ``first`` to ``first + span - 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,7 +158,7 @@ def _behind(keys: np.ndarray, a: int, b: int) -> bool:
 
 
 @njit(cache=True, nogil=True)
-def coded_bits(counts: np.ndarray, freq: np.ndarray, precision: int) -> float:
+def _coded_bits(counts: np.ndarray, freq: np.ndarray, precision: int) -> float:
     bits = 0.0
     for s in range(counts.size):
         if counts[s] > 0:
@@ -166,7 +167,7 @@ def coded_bits(counts: np.ndarray, freq: np.ndarray, precision: int) -> float:
 
 
 @njit(cache=True, nogil=True)
-def serialized_size(freq: np.ndarray) -> int:
+def _serialized_size(freq: np.ndarray) -> int:
     first, last, size = -1, -1, 5
     for s in range(freq.size):
         if freq[s] > 0:
@@ -175,12 +176,6 @@ def serialized_size(freq: np.ndarray) -> int:
             last = s
             size += 1 + (freq[s] >= 128) + (freq[s] >= 16384)
     return size + (last - first + 8) // 8
-
-
-def max_serialized_size(width: int) -> int:
-    """The most bytes a table of a ``width``-bit plane serialises to (every symbol present, each
-    frequency in 3 LEB128 bytes): the room an encoder leaves for a chunk's own table."""
-    return 5 + ((1 << width) + 7) // 8 + 3 * (1 << width)
 
 
 @njit(cache=True, nogil=True)
@@ -193,7 +188,7 @@ def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tup
     for precision in range(highest, lowest - 1, -1):
         freq = _normalise(counts, precision)
         loss = loss_bits * 4.0 ** (precision - highest) * total
-        cost = coded_bits(counts, freq, precision) + loss + 8 * serialized_size(freq)
+        cost = _coded_bits(counts, freq, precision) + loss + 8 * _serialized_size(freq)
         if cost < best_cost:
             best_precision, best_freq, best_cost = precision, freq, cost
         elif precision < best_precision - 1:
@@ -205,33 +200,6 @@ def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tup
 # it shrinks about 4x per bit of precision removed, since it grows as (2**precision / STATE_LOW)**2.
 # (BF16 MiniLM, 590 Ki symbols: 0.0035 bits/symbol at 15, 0.0010 at 14, 0.0003 at 13, on both planes.)
 RANS_LOSS_BITS = 0.0035
-
-
-@njit(cache=True, nogil=True)
-def fit_table(counts: np.ndarray, min_precision: int) -> tuple:
-    """``FrequencyTable.fit`` as a kernel, for the encoder's per-chunk choice (``codec``): (precision,
-    freq), precision 0 if the counts have more distinct symbols than the finest table can hold.
-
-    Fitted on the span of the present symbols alone: the same table (absent symbols take no part in
-    the fit, and their order is kept), 3-10x faster on a 10-bit plane, whose values span a few hundred.
-    The coarsest precision tried is ``ceil(log2(present symbols))``: each needs a slot.
-    """
-    first, end, present = -1, 0, 0
-    for s in range(counts.size):
-        if counts[s] > 0:
-            if first < 0:
-                first = s
-            end = s + 1
-            present += 1
-    if first < 0:
-        first, end = 0, counts.size
-    lowest = 0
-    while (1 << lowest) < present:
-        lowest += 1
-    precision, span_freq = _fit(counts[first:end], max(min_precision, lowest), rans.MAX_PRECISION, RANS_LOSS_BITS)
-    freq = np.zeros(counts.size, np.int64)
-    freq[first:end] = span_freq
-    return precision, freq
 
 
 _TABLE_ERRORS = {1: "is truncated", 2: "has an invalid precision or alphabet",
@@ -280,8 +248,8 @@ def _parse_table(data: np.ndarray, freq: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
-def serialize(freq: np.ndarray, precision: int, out: np.ndarray) -> None:
-    """Write a table into ``out`` (``serialized_size(freq)`` bytes): precision, first symbol and span
+def _serialize(freq: np.ndarray, precision: int, out: np.ndarray) -> None:
+    """Write a table into ``out`` (``_serialized_size(freq)`` bytes): precision, first symbol and span
     (uint16 LE), a bitmap of present symbols over the span (bit ``i % 8`` of byte ``i // 8``), then
     each present frequency as LEB128 (7 bits a byte, least significant first, high bit = more follows).
 
@@ -323,20 +291,27 @@ class FrequencyTable:
 
         None if the counts have more distinct symbols than the finest table can hold.
         """
-        precision, freq = fit_table(counts.astype(np.int64, copy=False), min_precision)
+        present = np.flatnonzero(counts)
+        lowest = max(min_precision, math.ceil(math.log2(max(present.size, 1))))
+        # Fitted on the span of the present symbols alone: the same table (absent symbols take no part in
+        # the fit, and their order is kept), 3-10x faster on a 10-bit plane, whose values span a few hundred.
+        first, end = (present[0], present[-1] + 1) if present.size else (0, counts.size)
+        precision, span_freq = _fit(counts[first:end].astype(np.int64), lowest, rans.MAX_PRECISION, RANS_LOSS_BITS)
+        freq = np.zeros(counts.size, np.int64)
+        freq[first:end] = span_freq
         return cls(precision, freq) if precision else None
 
     def coded_bits(self, counts: np.ndarray) -> float:
         """Bits the rANS coder spends on symbols with these counts (excluding renormalisation flush)."""
-        return coded_bits(counts, self.freq, self.precision)
+        return _coded_bits(counts, self.freq, self.precision)
 
     def serialized_size(self) -> int:
         """``len(self.to_bytes())``, without building the bytes."""
-        return serialized_size(self.freq)
+        return _serialized_size(self.freq)
 
     def to_bytes(self) -> bytes:
         out = np.empty(self.serialized_size(), np.uint8)
-        serialize(self.freq, self.precision, out)
+        _serialize(self.freq, self.precision, out)
         return out.tobytes()
 
     @classmethod

@@ -60,7 +60,6 @@ def lanes(n_symbols: int) -> int:
     return WIDE_LANES if n_symbols >= WIDE_MIN else NARROW_LANES
 
 
-@njit(cache=True, nogil=True)
 def header_bytes(n_symbols: int) -> int:
     """Bytes of a chunk's final states."""
     return 4 * lanes(n_symbols)
