@@ -165,9 +165,12 @@ def test_a_model_a_node_cannot_read_fails_alone_named_with_file_and_node(ray_clu
 
 def test_ctrl_c_cancels_the_cluster_tasks_and_leaves_nothing_behind(ray_cluster: str, tmp_path: Path) -> None:
     big = _big_file(tmp_path / "big.safetensors", 96)
+    links = [tmp_path / f"link-{k}.safetensors" for k in range(5)]  # more tasks than the cluster's two CPUs: the
+    for link in links:  # interrupt always finds work queued, however fast one pack is
+        os.link(big, link)
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, "-m", "weightpack", "pack", str(big), "-o", f"{out}/", "--cluster",
-                            ray_cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen([sys.executable, "-m", "weightpack", "pack", str(big), *map(str, links), "-o", f"{out}/",
+                            "--cluster", ray_cluster], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_task("_pack_task")
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=120)
