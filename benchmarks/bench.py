@@ -5,7 +5,8 @@
 Every codec compresses the same checkpoint file in the same run; every round trip is checked for
 byte equality and reported honestly. Speeds are original bytes per second, best of ``--repeat``.
 weightpack and lmz run file to file through their Python APIs (reading and writing files in the
-page cache; weightpack also fsyncs what it publishes); zstd and zipnn work on bytes in memory and
+page cache; weightpack also fsyncs what it publishes), each run into a new file, their runs taken in
+turns (see ``alternate``); zstd and zipnn work on bytes in memory and
 write nothing. zipnn reorders the buffer it is given in place, so it gets a fresh copy each time
 (made outside the timing). weightpack's pack is timed without and with its default post-pack
 verification, and its unpack without and with ``--sha256``.
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numba
@@ -62,6 +64,30 @@ def classic_bound(path: Path) -> float:
     return bits / 8 / len(raw)
 
 
+@dataclass
+class Timed:
+    """One timed operation of a file-to-file codec: ``run()`` writes ``output``, which is removed before
+    each run (outside the timing), so that every run writes a new file, as a user does. Replacing the
+    last run's output instead would time freeing its pages too, and an output still being freed (in
+    the background, where weightpack replaces a file) would slow the next run's writes."""
+
+    run: Callable[[], object]
+    output: Path
+    best: float = math.inf
+
+
+def alternate(ops: list[Timed], repeat: int) -> None:
+    """Time ``ops`` in turns (A B C, A B C, ...), ``repeat`` rounds, keeping each one's best. This VM's speed
+    drifts over seconds: tools timed one after the other, each ``repeat`` times, were timed on different
+    machines, and their ratio moved by a third between runs of this script."""
+    for _ in range(repeat):
+        for op in ops:
+            op.output.unlink(missing_ok=True)
+            start = time.perf_counter()
+            op.run()
+            op.best = min(op.best, time.perf_counter() - start)
+
+
 def best_time(func: Callable[[], object], repeat: int) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(repeat):
@@ -76,30 +102,37 @@ def row(name: str, original: bytes, packed_size: int, enc_s: float, dec_s: float
             "decode_MBps": len(original) / dec_s / 1e6, "lossless": lossless}
 
 
-def bench_weightpack(path: Path, tmp: Path, threads: int, repeat: int) -> tuple[dict, dict]:
+def bench_files(path: Path, tmp: Path, threads: int, repeat: int) -> tuple[list[dict], dict]:
+    """weightpack and lmz, file to file, their runs alternated (``alternate``): their rows, and weightpack's
+    ``info`` report. weightpack's pack is also timed with its default verification, its unpack with
+    ``sha256=True``."""
     wpk, back = tmp / "m.wpk", tmp / "back.safetensors"
-    enc_s, _ = best_time(lambda: weightpack.pack(path, wpk, overwrite=True, threads=threads, verify=False), repeat)
-    verified_s, _ = best_time(lambda: weightpack.pack(path, wpk, overwrite=True, threads=threads), repeat)
-    sha_s, _ = best_time(lambda: weightpack.unpack(wpk, back, overwrite=True, threads=threads, sha256=True), repeat)
-    dec_s, _ = best_time(lambda: weightpack.unpack(wpk, back, overwrite=True, threads=threads), repeat)
-    original = path.read_bytes()
-    report = weightpack.info(wpk)
-    result = row(f"weightpack -j {threads}", original, wpk.stat().st_size, enc_s, dec_s,
-                 back.read_bytes() == original)
-    result.update(encode_verified_MBps=len(original) / verified_s / 1e6, decode_sha256_MBps=len(original) / sha_s / 1e6)
-    return result, report
-
-
-def bench_lmz(path: Path, tmp: Path, threads: int, repeat: int) -> dict:
+    pack = Timed(lambda: weightpack.pack(path, wpk, threads=threads, verify=False), wpk)
+    pack_verified = Timed(lambda: weightpack.pack(path, wpk, threads=threads), wpk)
+    unpack = Timed(lambda: weightpack.unpack(wpk, back, threads=threads), back)
+    unpack_sha256 = Timed(lambda: weightpack.unpack(wpk, back, threads=threads, sha256=True), back)
+    encodes, decodes = [pack, pack_verified], [unpack, unpack_sha256]
     try:
         import lmz
     except ImportError:
-        return {"codec": "lmz", "error": "not installed (pip install lmzip)"}
-    packed, back = tmp / "m.lmz", tmp / "back-lmz.safetensors"
-    enc_s, _ = best_time(lambda: lmz.compress(str(path), str(packed), workers=threads), repeat)
-    dec_s, _ = best_time(lambda: lmz.decompress(str(packed), str(back), workers=threads, overwrite=True), repeat)
+        lmz = None
+    if lmz is not None:
+        packed, back_lmz = tmp / "m.lmz", tmp / "back-lmz.safetensors"
+        compress = Timed(lambda: lmz.compress(str(path), str(packed), workers=threads), packed)
+        decompress = Timed(lambda: lmz.decompress(str(packed), str(back_lmz), workers=threads), back_lmz)
+        encodes.insert(1, compress)
+        decodes.insert(1, decompress)
+    alternate(encodes, repeat)
+    alternate(decodes, repeat)  # each encode's output is left there by its last run
     original = path.read_bytes()
-    return row(f"lmz workers={threads}", original, packed.stat().st_size, enc_s, dec_s, back.read_bytes() == original)
+    wp = row(f"weightpack -j {threads}", original, wpk.stat().st_size, pack.best, unpack.best,
+             back.read_bytes() == original)
+    wp.update(encode_verified_MBps=len(original) / pack_verified.best / 1e6,
+              decode_sha256_MBps=len(original) / unpack_sha256.best / 1e6)
+    theirs = (row(f"lmz workers={threads}", original, packed.stat().st_size, compress.best, decompress.best,
+                  back_lmz.read_bytes() == original) if lmz is not None
+              else {"codec": "lmz", "error": "not installed (pip install lmzip)"})
+    return [wp, theirs], weightpack.info(wpk)
 
 
 def bench_zstd(original: bytes, level: int, repeat: int) -> dict:
@@ -186,9 +219,8 @@ def main() -> None:
             original = path.read_bytes()
             rows = []
             for threads in thread_counts:
-                wp_row, report = bench_weightpack(path, tmp, threads, args.repeat)
-                rows += [wp_row, bench_lmz(path, tmp, threads, args.repeat),
-                         bench_zipnn(original, dtype, threads, args.repeat)]
+                file_rows, report = bench_files(path, tmp, threads, args.repeat)
+                rows += [*file_rows, bench_zipnn(original, dtype, threads, args.repeat)]
             rows += [bench_zstd(original, 3, args.repeat), bench_zstd(original, 19, 1)]
             tensor_bytes = report["tensor_bytes"]
             bound = (len(original) - tensor_bytes + report["tensor_bound_bytes"]) / len(original)

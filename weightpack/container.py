@@ -8,6 +8,7 @@ file before anything else trusts it.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -188,21 +189,34 @@ def unzstd(data: bytes, size: int, what: str) -> bytes:
     return raw
 
 
+@functools.cache
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct("<" + fmt)
+
+
 class _Cursor:
-    """Bounds-checked reader over the index bytes: running off the end is a FormatError, not an IndexError."""
+    """Bounds-checked reader over the index bytes: running off the end is a FormatError, not an IndexError.
+
+    Fields are unpacked in place, with one compiled ``Struct`` per format: opening an archive parses
+    a record per plane and per chunk before anything decodes (MiniLM: ~400 planes, ~700 chunks)."""
 
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
 
-    def take(self, n: int) -> bytes:
+    def _advance(self, n: int) -> int:
+        """Where the next ``n`` bytes start; the cursor moves past them."""
         if n < 0 or self.pos + n > len(self.data):
             raise FormatError("index is truncated")
         self.pos += n
-        return self.data[self.pos - n:self.pos]
+        return self.pos - n
 
-    def unpack(self, fmt: str) -> tuple:
-        s = struct.Struct("<" + fmt)
-        return s.unpack(self.take(s.size))
+    def take(self, n: int) -> bytes:
+        start = self._advance(n)
+        return self.data[start:start + n]
+
+    def unpack(self, fmt: str | struct.Struct) -> tuple:
+        s = _struct(fmt) if isinstance(fmt, str) else fmt
+        return s.unpack_from(self.data, self._advance(s.size))
 
 
 def check_preamble(head: bytes) -> None:
@@ -232,7 +246,7 @@ def _read_plane(cur: _Cursor, count: int, payload_end: int) -> PlaneRecord:
         raise FormatError(f"plane has {n_chunks} chunks, expected {expected}")
     chunks = []
     for _ in range(n_chunks):
-        c = Chunk(*CHUNK.unpack(cur.take(CHUNK.size)))
+        c = Chunk(*cur.unpack(CHUNK))
         if c.mode not in CHUNK_MODE_NAMES or (c.mode != CHUNK_PLANE and codec != CODEC_RANS):
             raise FormatError(f"chunk mode {c.mode} is invalid for codec {codec}")
         if c.mode == CHUNK_OWN:
