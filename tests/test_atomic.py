@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 import shutil
 import signal
 import subprocess
@@ -102,10 +103,13 @@ def test_file_size_limit_from_the_kernel_is_a_clean_error(bf16_file: Path, tmp_p
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_real_signal_during_pack_leaves_nothing(minilm_dirs: dict[str, Path], tmp_path: Path, sig: int) -> None:
-    out = tmp_path / "out"
+    model, out = tmp_path / "model", tmp_path / "out"
+    model.mkdir()
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "weightpack", "pack", str(minilm_dirs["F32"]), "-o",
-                             str(out / "packed"), "-j", "1"], stderr=subprocess.PIPE, text=True)
+    for dtype, folder in minilm_dirs.items():  # three shards: enough work that the signal lands mid-pack
+        os.link(folder / "model.safetensors", model / f"{dtype}.safetensors")
+    proc = subprocess.Popen([sys.executable, "-m", "weightpack", "pack", str(model), "-o", str(out / "packed"),
+                             "-j", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any(out.iterdir()) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
