@@ -61,6 +61,31 @@ def test_decoder_survives_arbitrary_bytes(stream: bytes, n: int, precision: int)
                 out)  # must not crash
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([300, rans.WIDE_MIN, rans.WIDE_MIN + 13]),
+       cut=st.integers(0, 40), flips=st.integers(0, 3))
+def test_decoder_reads_nothing_outside_its_stream(seed: int, n: int, cut: int, flips: int) -> None:
+    """A stream cut short or with bits flipped decodes to the same symbols and verdict whatever lies past
+    its end: the decoder's reads stay inside the stream, in its unchecked loops and near the end alike."""
+    rng = np.random.default_rng(seed)
+    symbols = np.clip(rng.normal(8, 2, n), 0, 15).astype(np.uint8)
+    table = FrequencyTable.fit(histogram(symbols, 4))
+    buf = np.empty(rans.max_stream_bytes(n), np.uint8)
+    stream = buf[rans.encode(symbols, table.encoder_table(), buf):].copy()
+    stream = stream[:max(0, stream.size - 2 * cut)]
+    for _ in range(flips if stream.size else 0):
+        stream[rng.integers(stream.size)] ^= np.uint8(1 << rng.integers(8))
+    verdicts = set()
+    for fill in (0x00, 0xFF, 0x5A):
+        padded = np.full(stream.size + 64, fill, np.uint8)
+        padded[:stream.size] = stream
+        out = np.zeros(n, np.uint8)
+        verdicts.add((rans.decode(padded[:stream.size], table.precision, table.decoder_entries(), out), out.tobytes()))
+    assert len(verdicts) == 1
+    if cut == flips == 0:
+        assert verdicts == {(True, symbols.tobytes())}
+
+
 def test_table_serialisation_round_trips_and_is_validated() -> None:
     counts = np.bincount(np.random.default_rng(2).integers(0, 40, 10_000), minlength=256)
     table = FrequencyTable.fit(counts)

@@ -20,7 +20,9 @@ Constants:
 - Renormalisation moves 16 bits at a time. A symbol costs at most ``precision <= 15`` bits, so one
   16-bit step per symbol is always enough. The decoder loads the next word whether it needs it or
   not, and keeps it or not (a select: twice as fast here as a branch, which mispredicts on about a
-  quarter of the symbols); the encoder writes the low word always and keeps it or not.
+  quarter of the symbols); the encoder writes the low word always and keeps it or not. So a group
+  of ``lanes`` symbols reads at most ``lanes`` words: the decoder's loops run only over groups that
+  cannot reach past the stream's end, and need no bounds check on their reads (see ``_decode``).
 - Array indices in both loops are unsigned, which spares numba's negative-index wraparound
   (+23% on each loop here).
 - One table lookup per decoded symbol: the decoder's table holds, per slot of ``1 << precision``,
@@ -32,9 +34,9 @@ within each group of ``lanes`` symbols: the order a GPU warp finds with a ballot
 checks that it consumed every word exactly and that every lane returns to ``L``, the encoder's
 initial state: a cheap end-to-end consistency check on top of the container's checksums.
 
-The decoder is memory-safe for any input bytes: every word read is clamped inside the stream, the
-states cannot leave ``[L, 2**31)`` (see ``decode``), and table lookups index a table of exactly
-``1 << precision`` entries with ``x & mask``.
+The decoder is memory-safe for any input bytes: every word read lies inside the stream (by the bound
+above, or clamped near its end), the states cannot leave ``[L, 2**31)`` (see ``_decode``), and table
+lookups index a table of exactly ``1 << precision`` entries with ``x & mask``.
 """
 
 from __future__ import annotations
@@ -217,8 +219,11 @@ def _decode(words: np.ndarray, states: np.ndarray, precision: int, entries: np.n
     scratch for the lanes' states.
 
     Safety for hostile input: with ``x`` in ``[L, 2**31)`` and ``f <= 2**n``, the decode step gives
-    ``1 <= x' < 2**31`` and one renormalisation brings it back into ``[L, 2**31)``. Word reads are
-    clamped to the last word of the stream; running past its end is reported, never performed.
+    ``1 <= x' < 2**31`` and one renormalisation brings it back into ``[L, 2**31)``. Words are read
+    by whole groups of lanes while ``g`` more groups, reading at most ``g * lanes`` words, cannot pass
+    the stream's end; the few symbols left then (a stream's last words, a chunk's last partial group)
+    are decoded one by one with their reads clamped to the last word. Running past the end is
+    reported, never performed. Without a bound check in the loops: ~10% fewer instructions a symbol.
     """
     n_lanes = lanes(out.size)
     if words.size < 2 * n_lanes or entries.size != 1 << precision:
@@ -228,18 +233,25 @@ def _decode(words: np.ndarray, states: np.ndarray, precision: int, entries: np.n
         if x < STATE_LOW or x >= (np.int64(1) << STATE_BITS):
             return False
         states[lane] = x
-    last = np.uint64(words.size - 1)  # reads are clamped here; p past the end is reported below, never performed
     mask = np.int64((1 << precision) - 1)
-    p = np.uint64(2 * n_lanes)
-    n_full = np.uint64(out.size - out.size % n_lanes)
-    if n_lanes == WIDE_LANES:
-        p = _decode_wide(states, words, p, last, precision, mask, entries, out, n_full)
-    else:
-        p = _decode_narrow(states, words, p, last, precision, mask, entries, out, n_full)
-    for i in range(n_full, np.uint64(out.size)):  # the last, partial group of lanes
-        lane = i - n_full
-        states[lane], p = _renormalise(_symbol(states[lane], precision, mask, entries, out, i), words, p, last)
-    if p != np.uint64(words.size):
+    size, group = np.uint64(words.size), np.uint64(n_lanes)
+    p, i = group * np.uint64(2), np.uint64(0)
+    n_full = np.uint64(out.size) - np.uint64(out.size) % group
+    while True:
+        g = min((n_full - i) // group, (size - p) // group)  # groups that cannot read past the end
+        if g == 0:
+            break
+        if n_lanes == WIDE_LANES:
+            p = _decode_wide(states, words, p, precision, mask, entries, out, i, i + g * group)
+        else:
+            p = _decode_narrow(states, words, p, precision, mask, entries, out, i, i + g * group)
+        i += g * group
+    last = size - np.uint64(1)
+    for k in range(i, np.uint64(out.size)):
+        lane = k % group
+        x = _symbol(states[lane], precision, mask, entries, out, k)
+        states[lane], p = _renormalise(x, words, min(p, last), p)
+    if p != size:
         return False
     for lane in range(n_lanes):  # noqa: SIM110 - a loop, not ``.all()``: see ``jit`` on start-up
         if states[lane] != STATE_LOW:
@@ -255,31 +267,32 @@ def _decode(words: np.ndarray, states: np.ndarray, precision: int, entries: np.n
 # symbols/s on one core here.
 
 @njit(cache=True, nogil=True)
-def _decode_wide(states: np.ndarray, words: np.ndarray, p: np.uint64, last: np.uint64, precision: int,
-                 mask: np.int64, entries: np.ndarray, out: np.ndarray, n_full: np.uint64) -> np.uint64:
-    """Every whole group of a 16-lane chunk; ``states`` updated, the stream position returned."""
+def _decode_wide(states: np.ndarray, words: np.ndarray, p: np.uint64, precision: int, mask: np.int64,
+                 entries: np.ndarray, out: np.ndarray, first: np.uint64, end: np.uint64) -> np.uint64:
+    """Symbols ``first`` to ``end`` (whole groups) of a 16-lane chunk, whose word reads ``_decode`` has
+    bounded; ``states`` updated, the stream position returned."""
     x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = _load16(states)
-    for i in range(np.uint64(0), n_full, np.uint64(WIDE_LANES)):
+    for i in range(first, end, np.uint64(WIDE_LANES)):
         x0, x1, x2, x3 = _symbols4(x0, x1, x2, x3, precision, mask, entries, out, i)
         x4, x5, x6, x7 = _symbols4(x4, x5, x6, x7, precision, mask, entries, out, i + np.uint64(4))
         x8, x9, x10, x11 = _symbols4(x8, x9, x10, x11, precision, mask, entries, out, i + np.uint64(8))
         x12, x13, x14, x15 = _symbols4(x12, x13, x14, x15, precision, mask, entries, out, i + np.uint64(12))
-        x0, x1, x2, x3, p = _renormalise4(x0, x1, x2, x3, words, p, last)
-        x4, x5, x6, x7, p = _renormalise4(x4, x5, x6, x7, words, p, last)
-        x8, x9, x10, x11, p = _renormalise4(x8, x9, x10, x11, words, p, last)
-        x12, x13, x14, x15, p = _renormalise4(x12, x13, x14, x15, words, p, last)
+        x0, x1, x2, x3, p = _renormalise4(x0, x1, x2, x3, words, p)
+        x4, x5, x6, x7, p = _renormalise4(x4, x5, x6, x7, words, p)
+        x8, x9, x10, x11, p = _renormalise4(x8, x9, x10, x11, words, p)
+        x12, x13, x14, x15, p = _renormalise4(x12, x13, x14, x15, words, p)
     _store16(states, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15)
     return p
 
 
 @njit(cache=True, nogil=True)
-def _decode_narrow(states: np.ndarray, words: np.ndarray, p: np.uint64, last: np.uint64, precision: int,
-                   mask: np.int64, entries: np.ndarray, out: np.ndarray, n_full: np.uint64) -> np.uint64:
+def _decode_narrow(states: np.ndarray, words: np.ndarray, p: np.uint64, precision: int, mask: np.int64,
+                   entries: np.ndarray, out: np.ndarray, first: np.uint64, end: np.uint64) -> np.uint64:
     """``_decode_wide`` for a 4-lane chunk."""
     x0, x1, x2, x3 = states[0], states[1], states[2], states[3]
-    for i in range(np.uint64(0), n_full, np.uint64(NARROW_LANES)):
+    for i in range(first, end, np.uint64(NARROW_LANES)):
         x0, x1, x2, x3 = _symbols4(x0, x1, x2, x3, precision, mask, entries, out, i)
-        x0, x1, x2, x3, p = _renormalise4(x0, x1, x2, x3, words, p, last)
+        x0, x1, x2, x3, p = _renormalise4(x0, x1, x2, x3, words, p)
     states[0], states[1], states[2], states[3] = x0, x1, x2, x3
     return p
 
@@ -294,9 +307,10 @@ def _symbol(x: np.int64, precision: int, mask: np.int64, entries: np.ndarray, ou
 
 
 @njit(cache=True, nogil=True)
-def _renormalise(x: np.int64, words: np.ndarray, p: np.uint64, last: np.uint64) -> tuple:
-    """``(x, p)`` after taking the next word into ``x`` if it fell below L."""
-    w = np.int64(words[min(p, last)])  # loaded whether needed or not: a select, not a branch
+def _renormalise(x: np.int64, words: np.ndarray, at: np.uint64, p: np.uint64) -> tuple:
+    """``(x, p)`` after taking the next word into ``x`` if it fell below L; the word is read at ``at``
+    (``p``, or ``p`` clamped inside the stream)."""
+    w = np.int64(words[at])  # loaded whether needed or not: a select, not a branch
     if x < STATE_LOW:
         return (x << 16) | w, p + np.uint64(1)
     return x, p
@@ -311,10 +325,9 @@ def _symbols4(x0: np.int64, x1: np.int64, x2: np.int64, x3: np.int64, precision:
 
 
 @njit(cache=True, nogil=True)
-def _renormalise4(x0: np.int64, x1: np.int64, x2: np.int64, x3: np.int64, words: np.ndarray, p: np.uint64,
-                  last: np.uint64) -> tuple:
-    x0, p = _renormalise(x0, words, p, last)
-    x1, p = _renormalise(x1, words, p, last)
-    x2, p = _renormalise(x2, words, p, last)
-    x3, p = _renormalise(x3, words, p, last)
+def _renormalise4(x0: np.int64, x1: np.int64, x2: np.int64, x3: np.int64, words: np.ndarray, p: np.uint64) -> tuple:
+    x0, p = _renormalise(x0, words, p, p)
+    x1, p = _renormalise(x1, words, p, p)
+    x2, p = _renormalise(x2, words, p, p)
+    x3, p = _renormalise(x3, words, p, p)
     return x0, x1, x2, x3, p
