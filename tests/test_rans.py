@@ -103,13 +103,15 @@ def test_table_serialisation_round_trips_and_is_validated() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(0, 3000), chunk=st.integers(1, 700), bits=st.integers(1, 10), seed=st.integers(0, 2**32 - 1))
+@given(n=st.integers(0, 3000), chunk=st.integers(1, 700), bits=st.sampled_from([1, 2, 7, 8, 10]),
+       seed=st.integers(0, 2**32 - 1))
 def test_chunk_histograms_count_each_chunk_and_sum_to_the_plane(n: int, chunk: int, bits: int, seed: int) -> None:
     symbols = np.random.default_rng(seed).integers(0, 1 << bits, n).astype(np.uint16)
     rows = np.zeros((-(-n // chunk), 1 << bits), np.int64)
     count_chunks(symbols, chunk, rows)
     for k, row in enumerate(rows):
-        assert np.array_equal(row, histogram(symbols[k * chunk:(k + 1) * chunk], bits))
+        assert np.array_equal(row, np.bincount(symbols[k * chunk:(k + 1) * chunk], minlength=1 << bits))
+    assert np.array_equal(histogram(symbols, bits), np.bincount(symbols, minlength=1 << bits))
     assert np.array_equal(rows.sum(axis=0), histogram(symbols, bits))
 
 

