@@ -100,8 +100,12 @@ def read(folder: Path) -> Manifest:
     return result
 
 
-def read_packed(folder: Path) -> Manifest:
-    """The manifest of a packed folder, checked to list exactly the files the folder holds."""
+def read_packed(folder: Path, archives_elsewhere: bool = False) -> Manifest:
+    """The manifest of a packed folder, checked to list exactly the files the folder holds.
+
+    ``archives_elsewhere``: the folder holds every file but the archives, which come from elsewhere
+    (a Hub repo's, downloading as they are decoded)."""
     record = read(folder)
-    record.check_listing(folder, [f.relative_to(folder).as_posix() for f in walk(folder)])
+    present = [f.relative_to(folder).as_posix() for f in walk(folder)]
+    record.check_listing(folder, present + (list(record.archives) if archives_elsewhere else []))
     return record

@@ -21,7 +21,7 @@ from .api import check_files
 from .errors import WeightpackError
 from .hub import RepoFiles, _about_repo, _hub_errors
 from .loading import load_folder
-from .paths import MANIFEST, WPK, walk
+from .paths import MANIFEST, WPK
 from .wpkfile import warm_up_decoder
 
 
@@ -64,10 +64,7 @@ def _check_folder(folder: Path, streamed: bool) -> None:
     of another size or sha256), as ``pull`` and ``verify`` do: the config and tokenizer that build the model
     are checked as the weights are. ``streamed``: its archives are not in the folder but still downloading
     (each chunk and stripe is checked as it decodes)."""
-    record = manifest.read(folder)
-    present = [f.relative_to(folder).as_posix() for f in walk(folder)]
-    record.check_listing(folder, present + (list(record.archives) if streamed else []))
-    check_files(folder, record, lambda n: None)
+    check_files(folder, manifest.read_packed(folder, archives_elsewhere=streamed), lambda n: None)
 
 
 def _one_gpu(device_map: Any) -> str:
