@@ -46,7 +46,9 @@ MAX_CHUNK_SYMBOLS = 1 << 24  # bounds the memory one chunk can ask for
 MAX_EXPANSION = 1 << 16
 ALWAYS_ALLOWED_BYTES = 1 << 30
 MAX_INDEX_BYTES = 1 << 30  # a sanity bound on the decompressed index: ~1 GiB is millions of tensors
-INDEX_ZSTD_LEVEL = 15  # 19 saves ~0.001% of the archive (MiniLM) for 2-3x the time on the serial path
+# The index is compressed once every chunk is written: on the serial path, after the coding threads are done.
+# Level 9 against 15 (MiniLM F32): 1.4 against 5.3 ms for 610 more bytes, 0.0007% of the archive.
+INDEX_ZSTD_LEVEL = 9
 
 
 @dataclass
