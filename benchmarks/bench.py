@@ -9,7 +9,8 @@ page cache; weightpack also fsyncs what it publishes), each run into a new file,
 turns (see ``alternate``); zstd and zipnn work on bytes in memory and
 write nothing. zipnn reorders the buffer it is given in place, so it gets a fresh copy each time
 (made outside the timing). weightpack's pack is timed without and with its default post-pack
-verification, and its unpack without and with ``--sha256``.
+verification, and its unpack without and with ``--sha256``. Under each table: how many cores each
+file-to-file run kept busy (its CPU time over its wall time), which bounds what a second thread can add.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -74,6 +76,13 @@ class Timed:
     run: Callable[[], object]
     output: Path
     best: float = math.inf
+    cores: float = 0.0  # CPU time over wall time of the best run: how many cores it kept busy
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process's threads and of its waited-for children, user and system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def alternate(ops: list[Timed], repeat: int) -> None:
@@ -83,9 +92,11 @@ def alternate(ops: list[Timed], repeat: int) -> None:
     for _ in range(repeat):
         for op in ops:
             op.output.unlink(missing_ok=True)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             op.run()
-            op.best = min(op.best, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            if seconds < op.best:
+                op.best, op.cores = seconds, (cpu_seconds() - cpu) / seconds
 
 
 def best_time(func: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -128,10 +139,13 @@ def bench_files(path: Path, tmp: Path, threads: int, repeat: int) -> tuple[list[
     wp = row(f"weightpack -j {threads}", original, wpk.stat().st_size, pack.best, unpack.best,
              back.read_bytes() == original)
     wp.update(encode_verified_MBps=len(original) / pack_verified.best / 1e6,
-              decode_sha256_MBps=len(original) / unpack_sha256.best / 1e6)
+              decode_sha256_MBps=len(original) / unpack_sha256.best / 1e6,
+              encode_cores=pack.cores, decode_cores=unpack.cores)
     theirs = (row(f"lmz workers={threads}", original, packed.stat().st_size, compress.best, decompress.best,
                   back_lmz.read_bytes() == original) if lmz is not None
               else {"codec": "lmz", "error": "not installed (pip install lmzip)"})
+    if lmz is not None:
+        theirs.update(encode_cores=compress.cores, decode_cores=decompress.cores)
     return [wp, theirs], weightpack.info(wpk)
 
 
@@ -244,6 +258,9 @@ def main() -> None:
                          if "encode_verified_MBps" in r else "")
                 print(f"| {r['codec']:<18} | {100 * r['ratio']:14.2f}% | {r['encode_MBps']:11.0f} | "
                       f"{r['decode_MBps']:11.0f} | {'yes' if r['lossless'] else 'NO'} | {extra} |")
+            busy = [r for r in rows if "decode_cores" in r]
+            print("cores kept busy (CPU time / wall time of the best run), encode / decode: " +
+                  ", ".join(f"{r['codec']} {r['encode_cores']:.2f} / {r['decode_cores']:.2f}" for r in busy))
             print()
         results["startup_seconds"] = startup = bench_startup(tmp, args.repeat)
     print(f"start-up, short commands on a 128 KiB file, each in a fresh process (best of {args.repeat}; cold: once):")
