@@ -243,7 +243,9 @@ def encode_bytes(data: np.ndarray, pool: Executor | None) -> tuple[list[PlaneRec
 
 
 def _zstd_chunk(compressor: zstandard.ZstdCompressor, data: np.ndarray) -> EncodedChunk:
-    return EncodedChunk(np.frombuffer(compressor.compress(data), np.uint8))
+    # Copied into a bytearray (a header's kilobyte): an array over ``bytes`` is read-only, and its checksum
+    # would compile a second XXH64 kernel for read-only arrays, 0.5 s of a machine's first pack.
+    return EncodedChunk(np.frombuffer(bytearray(compressor.compress(data)), np.uint8))
 
 
 class PlaneDecoder:
