@@ -119,7 +119,8 @@ def test_chunk_histograms_count_each_chunk_and_sum_to_the_plane(n: int, chunk: i
 @given(keys=st.lists(st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 2.0, 7.25]), max_size=60), k=st.integers(0, 60))
 def test_table_fitting_picks_the_largest_keys_ties_in_index_order(keys: list[float], k: int) -> None:
     values, k = np.array(keys, np.float64), min(k, len(keys))
-    assert set(_largest(values, k)) == set(np.argsort(-values, kind="stable")[:k])
+    heap = np.empty(len(values), np.int64)
+    assert set(heap[:_largest(values, k, heap)]) == set(np.argsort(-values, kind="stable")[:k])
 
 
 @settings(max_examples=50, deadline=None)
@@ -128,7 +129,8 @@ def test_normalised_tables_sum_exactly_and_keep_every_present_symbol(counts: lis
     counts = np.array(counts, np.int64)
     if not 0 < np.count_nonzero(counts) <= 1 << precision:
         return
-    freq = _normalise(counts, precision)
+    freq, heap = np.empty((2, counts.size), np.int64)
+    _normalise(counts, precision, freq, np.empty(counts.size), heap)
     assert freq.sum() == 1 << precision and np.array_equal(freq > 0, counts > 0)
 
 

@@ -24,8 +24,9 @@ from .jit import njit
 
 
 @njit(cache=True, nogil=True)
-def _count(symbols: np.ndarray, counts: np.ndarray) -> None:
-    """Four sub-histograms, so that runs of one symbol do not wait on the same counter, then summed.
+def _count(symbols: np.ndarray, counts: np.ndarray, parts: np.ndarray) -> None:
+    """Four sub-histograms, so that runs of one symbol do not wait on the same counter, then summed;
+    ``parts``: their scratch (``4 * counts.size`` entries, any contents).
 
     Flat and summed by a loop rather than a 2-D array and ``+=`` of rows: the same counts, 10%
     faster, and 0.2-0.5 s less to compile on a machine's first run. A 1-bit plane (F16's sign) is
@@ -38,7 +39,8 @@ def _count(symbols: np.ndarray, counts: np.ndarray) -> None:
         counts[0] += symbols.size - ones
         counts[1] += ones
         return
-    parts = np.zeros(4 * m, np.int64)
+    for s in range(4 * m):
+        parts[s] = 0
     n = symbols.size - symbols.size % 4
     for i in range(0, n, 4):
         parts[symbols[i]] += 1
@@ -54,11 +56,10 @@ def _count(symbols: np.ndarray, counts: np.ndarray) -> None:
 def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
     """Counts of every symbol value of a ``width``-bit plane."""
     counts = np.zeros(1 << width, np.int64)
-    _count(symbols.ravel(), counts)
+    _count(symbols.ravel(), counts, np.empty(4 << width, np.int64))
     return counts
 
 
-@njit(cache=True, nogil=True)
 def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray) -> None:
     """Add to row ``k`` of ``counts`` (zeros, ``2**width`` columns) the histogram of the ``k``-th run of
     ``chunk`` symbols (the last may be shorter).
@@ -66,8 +67,13 @@ def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray) -> None:
     A plane coder needs both the plane's counts (for its table) and each chunk's (for the chunk's
     mode): their rows sum to the plane's, so the symbols are counted once, not twice.
     """
+    _count_chunks(symbols, chunk, counts, np.empty(4 * counts.shape[1], np.int64))
+
+
+@njit(cache=True, nogil=True)
+def _count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray, parts: np.ndarray) -> None:
     for k in range(counts.shape[0]):
-        _count(symbols[k * chunk:(k + 1) * chunk], counts[k])
+        _count(symbols[k * chunk:(k + 1) * chunk], counts[k], parts)
 
 
 @njit(cache=True, nogil=True)
@@ -100,19 +106,17 @@ def present_symbols(counts: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
-    """Scale counts to sum exactly ``1 << precision`` keeping present symbols >= 1, near-minimal cost.
+def _normalise(counts: np.ndarray, precision: int, freq: np.ndarray, keys: np.ndarray, heap: np.ndarray) -> None:
+    """Scale counts into ``freq`` to sum exactly ``1 << precision`` keeping present symbols >= 1, near-minimal
+    cost. ``keys`` (float64) and ``heap`` (int64): scratch, ``counts.size`` entries each.
 
     Start from the floor of the exact scaling, then hand out (or take back) single units where they
     change the coded size least, as measured by ``count * log2((f + 1) / f)``.
     """
     total_out = np.int64(1) << precision
     total_in = _sum(counts)
-    freq = np.zeros(counts.size, np.int64)
     for s in range(counts.size):
-        if counts[s] > 0:
-            freq[s] = max(counts[s] * total_out // total_in, 1)
-    keys = np.empty(counts.size)
+        freq[s] = max(counts[s] * total_out // total_in, 1) if counts[s] > 0 else 0
     diff = total_out - _sum(freq)
     while diff != 0:
         shrinkable = 0
@@ -124,19 +128,18 @@ def _normalise(counts: np.ndarray, precision: int) -> np.ndarray:
                 shrinkable += 1
             else:
                 keys[s] = -np.inf
-        for s in _largest(keys, diff if diff > 0 else min(-diff, shrinkable)):
-            freq[s] += 1 if diff > 0 else -1
+        k = _largest(keys, diff if diff > 0 else min(-diff, shrinkable), heap)
+        for j in range(k):
+            freq[heap[j]] += 1 if diff > 0 else -1
         diff = total_out - _sum(freq)
-    return freq
 
 
 @njit(cache=True, nogil=True)
-def _largest(keys: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest keys, equal keys taken in index order (the set that
-    ``np.argsort(-keys, kind="stable")[:k]`` names). A heap of ``k`` rather than a sort: numba takes
-    seconds to compile its sorts, and this compiles in a fraction of one."""
-    heap = np.empty(k, np.int64)  # kept indices; the root is the first to give way
-    size = 0
+def _largest(keys: np.ndarray, k: int, heap: np.ndarray) -> int:
+    """Put in ``heap[:k]`` the indices of the ``k`` largest keys, equal keys taken in index order (the set
+    that ``np.argsort(-keys, kind="stable")[:k]`` names); return ``k``. A heap of ``k`` rather than a
+    sort: numba takes seconds to compile its sorts, and this compiles in a fraction of one."""
+    size = 0  # heap[:size]: kept indices; the root is the first to give way
     for i in range(keys.size if k > 0 else 0):
         if size < k:  # sift the newcomer up
             j = size
@@ -156,7 +159,7 @@ def _largest(keys: np.ndarray, k: int) -> np.ndarray:
                 heap[j] = heap[child]
                 j = child
             heap[j] = i
-    return heap
+    return size
 
 
 @njit(cache=True, nogil=True)
@@ -187,21 +190,26 @@ def _serialized_size(freq: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float) -> tuple:
-    """(precision, freq) minimising coded bits, the coder's excess and the table's bytes; precision 0 if
-    no precision in ``lowest..highest`` fits. The cost is close to convex in the precision: walk down
-    from the finest, stop once it has risen for two steps."""
-    best_precision, best_freq, best_cost = 0, np.zeros(counts.size, np.int64), np.inf
+def _fit(counts: np.ndarray, lowest: int, highest: int, loss_bits: float, best: np.ndarray, freq: np.ndarray,
+         keys: np.ndarray, heap: np.ndarray) -> int:
+    """The precision minimising coded bits, the coder's excess and the table's bytes, its frequencies in
+    ``best``; 0 if no precision in ``lowest..highest`` fits. ``freq``, ``keys``, ``heap``: scratch for
+    ``_normalise`` (every array ``counts.size`` entries, allocated by the caller: see ``jit`` on start-up).
+    The cost is close to convex in the precision: walk down from the finest, stop once it has risen for
+    two steps."""
+    best_precision, best_cost = 0, np.inf
     total = float(_sum(counts))
     for precision in range(highest, lowest - 1, -1):
-        freq = _normalise(counts, precision)
+        _normalise(counts, precision, freq, keys, heap)
         loss = loss_bits * 4.0 ** (precision - highest) * total
         cost = _coded_bits(counts, freq, precision) + loss + 8 * _serialized_size(freq)
         if cost < best_cost:
-            best_precision, best_freq, best_cost = precision, freq, cost
+            best_precision, best_cost = precision, cost
+            for s in range(freq.size):
+                best[s] = freq[s]
         elif precision < best_precision - 1:
             break
-    return best_precision, best_freq
+    return best_precision
 
 
 # Measured excess of the rANS coder over the table's ideal cost, in bits per symbol, at precision 15;
@@ -304,9 +312,11 @@ class FrequencyTable:
         # Fitted on the span of the present symbols alone: the same table (absent symbols take no part in
         # the fit, and their order is kept), 3-10x faster on a 10-bit plane, whose values span a few hundred.
         first, end = (present[0], present[-1] + 1) if present.size else (0, counts.size)
-        precision, span_freq = _fit(counts[first:end].astype(np.int64), lowest, rans.MAX_PRECISION, RANS_LOSS_BITS)
         freq = np.zeros(counts.size, np.int64)
-        freq[first:end] = span_freq
+        span = end - first
+        work = np.empty((2, span), np.int64)
+        precision = _fit(counts[first:end].astype(np.int64), lowest, rans.MAX_PRECISION, RANS_LOSS_BITS,
+                         freq[first:end], work[0], np.empty(span), work[1])
         return cls(precision, freq) if precision else None
 
     def coded_bits(self, counts: np.ndarray) -> float:

@@ -72,7 +72,6 @@ def max_stream_bytes(n_symbols: int) -> int:
     return 4 * WIDE_LANES + 2 * n_symbols + 2 * WIDE_LANES
 
 
-@njit(cache=True, nogil=True)
 def encoder_table(freq: np.ndarray, precision: int) -> np.ndarray:
     """Per-symbol encoder constants, four uint32 each (16 bytes: a 10-bit plane's table fits in L1):
     x_max, reciprocal, bias, complement | (32 + shift) << 16.
@@ -80,8 +79,15 @@ def encoder_table(freq: np.ndarray, precision: int) -> np.ndarray:
     ``q = x // f`` becomes ``(x * reciprocal) >> (32 + shift)``; ``x' = (q << n) + x % f + cum`` is
     rewritten as ``x + bias + q * complement`` with ``complement = 2**n - f``. For ``f == 1`` the
     reciprocal ``2**32 - 1`` gives ``q = x - 1`` and the bias absorbs the difference (ryg_rans).
+    Allocated here, filled by a kernel (as every array of the coding kernels: see ``jit`` on start-up).
     """
     table = np.zeros(4 * freq.size, np.uint32)
+    _fill_encoder_table(freq, precision, table)
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _fill_encoder_table(freq: np.ndarray, precision: int, table: np.ndarray) -> None:
     total = np.int64(1) << precision
     cum = np.int64(0)
     for s in range(freq.size):
@@ -98,7 +104,6 @@ def encoder_table(freq: np.ndarray, precision: int) -> np.ndarray:
             table[4 * s + 1], shift, table[4 * s + 2] = ((np.int64(1) << (shift + 31)) + f - 1) // f, shift - 1, cum
         table[4 * s + 3] = (total - f) | ((32 + shift) << 16)
         cum += f
-    return table
 
 
 def encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray) -> int:
@@ -107,19 +112,22 @@ def encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray) -> int:
     ``out`` needs ``max_stream_bytes(symbols.size)`` bytes. Symbols are coded as uint16 whatever the
     plane's width, as they are decoded: one compiled encoder instead of two, 1.4-1.6 s less compiling
     on a machine's first pack. A uint8 chunk (F16's exponent symbols, a coded low mantissa byte, an
-    integer tensor's byte) is widened first, for ~5% of its coding time.
+    integer tensor's byte) is widened first, for ~5% of its coding time. The output's words view and
+    the lanes' states are made here, in numpy (see ``jit`` on start-up).
     """
-    return _encode(symbols.astype(np.uint16, copy=False), table, out)
+    return _encode(symbols.astype(np.uint16, copy=False), table, out, out.view(np.uint16),
+                   np.empty(WIDE_LANES, np.uint64))
 
 
 @njit(cache=True, nogil=True)
-def _encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray) -> int:
-    """``encode`` of uint16 symbols. They are coded last to first, so the words are written backwards
-    and the decoder reads them forwards: the last, partial group of lanes first, then every whole
-    group, its lanes from last to first (``_encode_wide``, ``_encode_narrow``)."""
+def _encode(symbols: np.ndarray, table: np.ndarray, out: np.ndarray, words: np.ndarray, states: np.ndarray) -> int:
+    """``encode`` of uint16 symbols into ``out``, also seen as ``words`` (uint16); ``states``: scratch for
+    the lanes' states. Symbols are coded last to first, so the words are written backwards and the
+    decoder reads them forwards: the last, partial group of lanes first, then every whole group, its
+    lanes from last to first (``_encode_wide``, ``_encode_narrow``)."""
     n_lanes = lanes(symbols.size)
-    states = np.full(n_lanes, STATE_LOW, np.uint64)
-    words = out.view(np.uint16)  # out.size is even (max_stream_bytes)
+    for lane in range(n_lanes):
+        states[lane] = STATE_LOW
     pos = np.uint64(words.size)  # unsigned indices: no wraparound check
     n_full = np.uint64(symbols.size - symbols.size % n_lanes)
     for j in range(np.uint64(symbols.size) - n_full):
