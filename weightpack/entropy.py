@@ -137,8 +137,9 @@ def _normalise(counts: np.ndarray, precision: int, freq: np.ndarray, keys: np.nd
 @njit(cache=True, nogil=True)
 def _largest(keys: np.ndarray, k: int, heap: np.ndarray) -> int:
     """Put in ``heap[:k]`` the indices of the ``k`` largest keys, equal keys taken in index order (the set
-    that ``np.argsort(-keys, kind="stable")[:k]`` names); return ``k``. A heap of ``k`` rather than a
-    sort: numba takes seconds to compile its sorts, and this compiles in a fraction of one."""
+    that ``np.argsort(-keys, kind="stable")[:k]`` names); return how many were put (``k``, or all the keys
+    if there are fewer). A heap of ``k`` rather than a sort: numba takes seconds to compile its sorts, and
+    this compiles in a fraction of one."""
     size = 0  # heap[:size]: kept indices; the root is the first to give way
     for i in range(keys.size if k > 0 else 0):
         if size < k:  # sift the newcomer up
