@@ -37,6 +37,14 @@ def test_unpacking_with_a_warm_cache_loads_no_compiler(bf16_wpk: Path, tmp_path:
     assert (tmp_path / "second.safetensors").stat().st_size > 0
 
 
+def test_packing_with_a_warm_cache_loads_no_compiler_and_no_array_implementation(bf16_file: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The coding kernels follow the decoding ones' start-up rules: nothing allocated or viewed inside."""
+    loaded_after("pack", str(bf16_file), "-o", str(tmp_path / "first.wpk"), "-q")  # fills the cache
+    loaded = loaded_after("pack", str(bf16_file), "-o", str(tmp_path / "second.wpk"), "-q")
+    assert "weightpack.rans" in loaded and not loaded & set(COMPILER_ONLY + ARRAY_IMPLEMENTATION)
+
+
 def test_help_and_usage_errors_answer_before_anything_heavy_is_imported() -> None:
     for args, status in ((["--help"], 0), (["unpack"], 2)):
         result = subprocess.run([sys.executable, "-X", "importtime", "-m", "weightpack", *args],
@@ -92,3 +100,26 @@ def test_a_first_run_compiles_one_rans_decoder_for_planes_of_every_width(minilm_
     result = subprocess.run([sys.executable, "-c", code, *archives], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "0"]
+
+
+def test_a_first_pack_compiles_one_rans_encoder_and_one_checksum_kernel(tmp_path: Path) -> None:
+    """Packing codes uint8 planes (F16's 7-bit exponent symbols, an integer tensor's bytes) through the
+    encoder compiled for uint16 ones, and checksums zstd chunks (a header) with the kernel compiled for
+    every other checksum: a first pack on a new machine compiles each once."""
+    import numpy as np
+
+    from weightpack.safetensors_layout import write
+
+    rng = np.random.default_rng(0)
+    weights = (rng.standard_normal(1 << 16) * 0.02).astype(np.float32)
+    write(tmp_path / "m.safetensors", {"f16": ("F16", (256, 256), weights.astype(np.float16).tobytes()),
+                                       "bf16": ("BF16", (256, 256), minilm.to_bf16(weights).tobytes()),
+                                       "ids": ("I64", (1, 4096), np.arange(4096, dtype=np.int64).tobytes())})
+    code = ("import sys, weightpack\nfrom weightpack import checksum, rans\n"
+            "weightpack.pack(sys.argv[1], sys.argv[1] + '.wpk')\n"
+            "print(len(rans._encode.signatures), len(checksum._xxh64.signatures))")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.safetensors")], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1"]
