@@ -91,7 +91,8 @@ def pack(symbols: np.ndarray, bits: int) -> np.ndarray:
         return np.ascontiguousarray(symbols.astype(symbols.dtype.newbyteorder("<"), copy=False)).view(np.uint8)
     out = np.zeros(packed_size(symbols.size, bits), np.uint8)
     done = _group_kernels(bits)[0](symbols, out) if bits < 8 else 0
-    _pack(symbols[done:], bits, out[done * bits // 8:])
+    if done < symbols.size:  # a tail of fewer than 8 symbols (or a width the group loops do not take)
+        _pack(symbols[done:], bits, out[done * bits // 8:])
     return out
 
 
@@ -104,4 +105,6 @@ def unpack_into(data: np.ndarray, bits: int, out: np.ndarray) -> bool:
         out[:] = data.view(np.dtype(f"<u{bits // 8}"))
         return True
     done = _group_kernels(bits)[1](data, out) if bits < 8 else 0
-    return _unpack(data[done * bits // 8:], bits, out[done:])
+    # The tail of fewer than 8 symbols, if any: most chunks have none (their sizes are multiples of 8),
+    # and skipping the empty call spares a GIL hand-over per chunk and, often, compiling ``_unpack`` at all.
+    return done == out.size or _unpack(data[done * bits // 8:], bits, out[done:])

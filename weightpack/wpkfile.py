@@ -630,12 +630,12 @@ _Fill = Callable[[np.ndarray], None]
 def warm_up_decoder() -> None:
     """Load the decoding kernels that every model needs (from numba's cache, or compiling them), so that a
     later decode does not wait for them: run beside a download, it takes numba's start-up (see ``jit``) off
-    the critical path. The others (a float format's merge, a rarer raw width) load at their first use:
-    warming up all three formats' merges compiled, on a machine's first run, ~0.6 s that a model of one
-    dtype never used."""
+    the critical path. The others (a float format's merge, a rarer raw width, the tail of a raw chunk whose
+    size is not a multiple of 8) load at their first use: warming up all three formats' merges compiled, on
+    a machine's first run, ~0.6 s that a model of one dtype never used."""
     decoder = codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, _TWO_SYMBOL_TABLE), "warm-up")  # parses it
     rans.decode(np.zeros(16, np.uint8), 1, decoder.shared.decoder_entries(), np.zeros(4, decoder.dtype))
-    bitpack.unpack_into(np.zeros(7, np.uint8), 6, np.zeros(9, decoder.dtype))  # BF16's and F32's sign + mantissa
+    bitpack.unpack_into(np.zeros(6, np.uint8), 6, np.zeros(8, decoder.dtype))  # BF16's and F32's sign + mantissa
     stripe_hash(np.zeros(8, np.uint8), 0)
 
 
