@@ -147,7 +147,7 @@ def main() -> None:
     symbols = planes.split(np.frombuffer(data, np.uint8), "BF16")[0][:1 << 18].copy()
     table = FrequencyTable.fit(histogram(symbols, 10))
     buffer = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
-    stream = buffer[rans.encode(symbols, table.encoder_table(), buffer):].copy()
+    stream = buffer[rans.encode(symbols, table.encoder_table, buffer):].copy()
     entries = table.decoder_entries()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

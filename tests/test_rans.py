@@ -15,7 +15,7 @@ from weightpack.errors import FormatError
 def _roundtrip(symbols: np.ndarray, bits: int) -> bytes:
     table = FrequencyTable.fit(histogram(symbols, bits))
     out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
-    stream = out[rans.encode(symbols, table.encoder_table(), out):]
+    stream = out[rans.encode(symbols, table.encoder_table, out):]
     back = np.empty_like(symbols)
     assert rans.decode(stream, table.precision, table.decoder_entries(), back)
     assert np.array_equal(back, symbols)
@@ -71,7 +71,7 @@ def test_decoder_reads_nothing_outside_its_stream(seed: int, n: int, cut: int, f
     symbols = np.clip(rng.normal(8, 2, n), 0, 15).astype(np.uint8)
     table = FrequencyTable.fit(histogram(symbols, 4))
     buf = np.empty(rans.max_stream_bytes(n), np.uint8)
-    stream = buf[rans.encode(symbols, table.encoder_table(), buf):].copy()
+    stream = buf[rans.encode(symbols, table.encoder_table, buf):].copy()
     stream = stream[:max(0, stream.size - 2 * cut)]
     for _ in range(flips if stream.size else 0):
         stream[rng.integers(stream.size)] ^= np.uint8(1 << rng.integers(8))

@@ -170,7 +170,7 @@ def _stripe(jobs: list[Callable[[], EncodedChunk] | None]) -> Stripe:
 
 def _rans_stream(symbols: np.ndarray, table: FrequencyTable) -> np.ndarray:
     out = np.empty(rans.max_stream_bytes(symbols.size), np.uint8)
-    return out[rans.encode(symbols, table.encoder_table(), out):]
+    return out[rans.encode(symbols, table.encoder_table, out):]
 
 
 def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: FrequencyTable) -> EncodedChunk:

@@ -13,6 +13,7 @@ present symbol``, where the bitmap covers symbols ``first`` to ``first + span - 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -342,7 +343,9 @@ class FrequencyTable:
             raise FormatError(f"frequency table {_TABLE_ERRORS[error]}")
         return cls(int(data[0]), freq)
 
+    @functools.cached_property
     def encoder_table(self) -> np.ndarray:
+        """The rANS encoder's table, built once per table: a plane's shared table codes all its chunks."""
         return rans.encoder_table(self.freq, self.precision)
 
     def decoder_entries(self) -> np.ndarray:
