@@ -1,9 +1,11 @@
 """Time to model: a packed Hub repo against the original, through the same bandwidth-capped loopback Hub.
 
-    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--shards 1] [--cold] [--json out.json]
+    python benchmarks/bench_hub.py [--rates 100,500,1000] [--gib 1] [--shards 1] [--latency 0] [--cold]
+                                   [--json out.json]
 
 The Hub is the test suite's Hub-compatible server (tests/hub_server.py) on 127.0.0.1, sending each
-download no faster than the rate (MB/s). Two repos hold the same model: the original files, and the
+download no faster than the rate (MB/s), and answers every request ``--latency`` ms late (a round trip
+to a distant server, which loopback hides). Two repos hold the same model: the original files, and the
 folder packed by weightpack. For each rate, each step runs in a fresh process with an empty cache:
 
 - *to files*: the original repo with ``snapshot_download`` (the files are then on disk, usable),
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--rates", default="100,500,1000", help="link rates in MB/s")
     parser.add_argument("--gib", type=float, default=1.0, help="size of the synthetic checkpoint (0: skip it)")
     parser.add_argument("--shards", type=int, default=1, help="files the synthetic checkpoint is split into")
+    parser.add_argument("--latency", type=float, default=0.0, help="ms each request is answered late")
     parser.add_argument("--cold", action="store_true",
                         help="also pull each packed repo to files with an empty numba cache (a first run)")
     parser.add_argument("--json", type=Path)
@@ -109,6 +112,8 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp, FakeHub() as hub:
         tmp = Path(tmp)
+        if args.latency:
+            print(f"every request answered {args.latency:g} ms late\n")
         models = [(f"MiniLM {d}", minilm.write_variant(tmp / d, d), True) for d in ("BF16", "F32")]
         if args.gib:
             big = tmp / "synthetic"
@@ -124,7 +129,9 @@ def main() -> None:
               "peak RSS orig / packed | disk orig / packed |")
         print("|---|---|---|---|---|---|---|---|")
         for label, folder, with_model in models:
+            hub.latency = 0.0  # publishing is not timed
             plain, packed = publish(hub, folder, label.split()[0].lower() + label.split()[-1].replace(".", ""))
+            hub.latency = args.latency / 1e3
             for rate in rates:
                 hub.rate = rate * 1e6
                 kinds = [("files", "plain-files", "packed-files", False)]

@@ -3,12 +3,13 @@
 It implements the endpoints ``huggingface_hub.HfApi`` and ``snapshot_download`` really call for
 model repos: create_repo, create_branch, preupload + commit (files sent inline, "regular" upload
 mode, so neither LFS nor Xet storage is needed), repo info by revision, the tree listing, and
-resolve/download (HEAD and GET, with ETag, X-Repo-Commit, Content-Length and Range). Repos are
+resolve/download (HEAD and GET, with ETag, X-Repo-Commit, Content-Length and Range, suffix ranges too). Repos are
 kept in memory as git-like commits: a commit is a full {path: bytes} snapshot with a sha1 id.
 
 ``cut_off`` makes downloads of a path stop halfway through the body, as a dropped connection does.
 ``rate`` (bytes per second, None for unlimited) caps how fast downloads are sent, all of them together,
-as a link would: concurrent downloads (a repo of several files) share it.
+as a link would: concurrent downloads (a repo of several files) share it. ``latency`` (seconds) delays
+the answer to every request, as a round trip to a distant server does.
 Any request it does not know is answered 404 and recorded in ``unknown`` so a test can show it.
 """
 
@@ -68,6 +69,8 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.cut_off: set[str] = set()
         self.rate: float | None = None
+        self.latency = 0.0
+        self.requests = 0  # how many requests were answered (or refused)
         self.unknown: list[str] = []
         self.lock = threading.Lock()
         self.link_free_at = 0.0  # when the link has sent every piece handed to it so far (perf_counter time)
@@ -124,6 +127,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _route(self, routes: list[tuple[str, object]]) -> None:
             path = urlparse(self.path).path
+            if hub.latency:
+                time.sleep(hub.latency)
+            with hub.lock:
+                hub.requests += 1
             for pattern, func in routes:
                 m = re.fullmatch(pattern, path)
                 if m:
@@ -239,10 +246,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             headers = {"ETag": f'"{digest(data, "sha256")}"', "X-Repo-Commit": sha,
                        "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             status, body = 200, data
-            match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
-            if match:
-                start = int(match.group(1))
-                end = int(match.group(2)) + 1 if match.group(2) else len(data)
+            match = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range") or "")
+            if match and (match.group(1) or match.group(2)):
+                if match.group(1):  # bytes=START- or bytes=START-LAST
+                    start = int(match.group(1))
+                    end = min(int(match.group(2)) + 1, len(data)) if match.group(2) else len(data)
+                else:  # bytes=-N: the last N bytes
+                    start, end = max(len(data) - int(match.group(2)), 0), len(data)
                 status, body = 206, data[start:end]
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
             if self.command == "GET" and path in hub.cut_off:

@@ -123,3 +123,21 @@ def test_a_first_pack_compiles_one_rans_encoder_and_one_checksum_kernel(tmp_path
                             text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "1"]
+
+
+def test_numba_imported_beside_other_threads_hides_nothing_from_them() -> None:
+    """Packages numba's import merely probes (PyYAML, SciPy) read as absent only while it is imported in a
+    process's only thread: imported beside another thread (``pull`` imports it beside its first Hub
+    requests), they never read as absent to it, as a concurrent ``import yaml`` would find."""
+    code = ("import sys, threading\n"
+            "seen, stop = set(), threading.Event()\n"
+            "def watch():\n"
+            "    while not stop.is_set():\n"
+            "        seen.update(n for n in ('yaml', 'scipy') if n in sys.modules and sys.modules[n] is None)\n"
+            "threading.Thread(target=watch, daemon=True).start()\n"
+            "import weightpack.jit\n"
+            "stop.set()\n"
+            "print(sorted(seen) or 'nothing')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["nothing"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import tempfile
 import threading
 import time
@@ -18,14 +19,18 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import api, manifest
+from . import manifest
 from .atomic import atomic_output
-from .container import FOOTER, PREAMBLE, SOURCE_SIBLING, PartialArchive, read_index
 from .errors import CANCEL, WeightpackError, about
 from .paths import MANIFEST, check_destination, walk
-from .sources import BaseSet
-from .wpkfile import ArchiveReader, warm_up_decoder
+
+# The decoder (numba, numpy: ~0.3 s to import) is imported by ``pull`` on a thread of its own, beside its
+# first requests to the Hub, and where it is used; importing this module does not wait for it.
+if TYPE_CHECKING:
+    from .sources import BaseSet
+    from .wpkfile import ArchiveReader
 
 
 @contextmanager
@@ -85,6 +90,8 @@ def push(src: str | os.PathLike, repo_id: str, *, revision: str | None = None, p
     """
     from huggingface_hub import HfApi
 
+    from . import api
+
     src = Path(src)
     if not src.is_dir():
         raise WeightpackError(f"{src}: push takes a model folder (packed or not)")
@@ -115,6 +122,9 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
     not packed is simply downloaded. Nothing appears at ``dst`` unless everything succeeded.
     ``base``: the base checkpoint a delta repo was packed against.
     """
+    # The decoder imported and its kernels loaded (numba: ~0.4 s) while the first requests wait on the network:
+    # the manifest, the listing and the first files take a few round trips (100 ms each on a distant link).
+    threading.Thread(target=_load_decoder, daemon=True, name="weightpack-warm-up").start()
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.constants import is_offline_mode
     from huggingface_hub.errors import EntryNotFoundError
@@ -129,10 +139,10 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
         except EntryNotFoundError:
             record_path = None
         if record_path is not None and not is_offline_mode():  # packed: stream it, pinned to that commit
-            # load the decoding kernels (numba's runtime: 30-100 ms) while the listing and indexes download
-            threading.Thread(target=warm_up_decoder, daemon=True, name="weightpack-warm-up").start()
             commit = record_path.parent.name  # the snapshot folder of the cache is named by the commit
             names = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=commit)
+
+    from . import api  # (imported meanwhile by the warm-up, unless it is still at it)
 
     if record_path is not None and not is_offline_mode():
         with _about_repo(repo_id):
@@ -152,6 +162,12 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
         for f, name in zip(files, names):
             api.copy_checked(f, tmp / name)
     return dst
+
+
+def _load_decoder() -> None:
+    from .wpkfile import warm_up_decoder
+
+    warm_up_decoder()
 
 
 @contextmanager
@@ -183,6 +199,7 @@ class RepoFiles:
     """
 
     FIND_PARTIAL_S = 10.0  # how long to look for the download's temporary file before decoding after it
+    INDEX_GUESS = 1 << 18  # bytes fetched from an archive's end for its index: MiniLM's is ~15-20 kB
 
     def __init__(self, repo_id: str, commit: str, *, token: str | None, cache_dir: str | os.PathLike | None,
                  endpoint: str | None, progress: bool = False, archives: list[str] | None = None) -> None:
@@ -226,6 +243,8 @@ class RepoFiles:
 
     @contextmanager
     def archive(self, name: str, pool: ThreadPoolExecutor, base: BaseSet | None) -> Iterator[ArchiveReader]:
+        from .wpkfile import ArchiveReader
+
         download = self._download(name)
         streamed = self._streamed(name, download, pool, base)
         if streamed is None:
@@ -245,21 +264,34 @@ class RepoFiles:
         from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
         from huggingface_hub.file_download import repo_folder_name
 
+        from .container import FOOTER, PREAMBLE, SOURCE_SIBLING, PartialArchive, read_index
+        from .wpkfile import ArchiveReader
+
         url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
-        with _hub_errors(self.repo_id):
-            meta = get_hf_file_metadata(url, token=self.token)
+        # The file's metadata, its preamble and its last INDEX_GUESS bytes (the footer, and the index unless it
+        # is larger) are asked for side by side: one round trip to the server before decoding can start, not
+        # four one after the other (100 ms each on a distant link).
+        with ThreadPoolExecutor(3, thread_name_prefix="weightpack-index") as requests:
+            tail_future = requests.submit(self._range, url, f"-{self.INDEX_GUESS}")
+            head_future = requests.submit(self._range, url, f"0-{PREAMBLE.size - 1}")
+            with _hub_errors(self.repo_id):
+                meta = get_hf_file_metadata(url, token=self.token)
+            (head, _), (tail, total) = head_future.result(), tail_future.result()
         size, etag = meta.size, meta.etag
         blobs = Path(self.cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=self.repo_id,
                                                                                    repo_type="model") / "blobs"
         if not size or not etag or size < PREAMBLE.size + FOOTER.size or (blobs / etag).exists():
             return None
-        head, footer = self._range(url, 0, PREAMBLE.size), self._range(url, size - FOOTER.size, FOOTER.size)
-        if head is None or footer is None:
+        if head is None or tail is None or total != size or len(tail) < FOOTER.size:
             return None
-        index_offset = FOOTER.unpack(footer)[0]
-        tail = self._range(url, index_offset, size - index_offset) if 0 < index_offset < size else None
-        if tail is None:
+        index_offset = FOOTER.unpack(tail[-FOOTER.size:])[0]
+        if not 0 < index_offset < size:
             return None  # refused properly once downloaded
+        if index_offset < size - len(tail):  # an index larger than the guess: the rest of it
+            rest, _ = self._range(url, f"{index_offset}-{size - len(tail) - 1}")
+            if rest is None:
+                return None
+            tail = rest + tail
         with _about_repo(self.repo_id), about(Path(name)):
             index = read_index(PartialArchive(head, tail, size), size)
         if any(s.kind == SOURCE_SIBLING for s in index.sources):
@@ -278,18 +310,23 @@ class RepoFiles:
             os.close(fd)
             return None
 
-    def _range(self, url: str, start: int, length: int) -> bytes | None:
-        """Bytes ``start`` to ``start + length`` of a file, or None if the server will not send that range."""
+    def _range(self, url: str, spec: str) -> tuple[bytes | None, int | None]:
+        """The bytes of a file that the range ``spec`` names (``"START-LAST"``, or ``"-N"`` for the last N),
+        and the file's size; ``(None, None)`` if the server will not send that range."""
         from huggingface_hub.utils import build_hf_headers, get_session
 
-        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{start + length - 1}"}
+        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={spec}"}
         try:  # best effort: any failure here means decoding after the download, which reports real errors
             response = get_session().get(url, headers=headers, follow_redirects=True)
         except Exception:
-            return None
-        if response.status_code != 206 or len(response.content) != length:
-            return None
-        return response.content
+            return None, None
+        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", response.headers.get("Content-Range", ""))
+        if response.status_code != 206 or match is None:
+            return None, None
+        first, last, total = map(int, match.groups())
+        if len(response.content) != last - first + 1 or (spec[0] != "-" and first != int(spec.split("-")[0])):
+            return None, None
+        return response.content, total
 
     def _find_partial(self, blobs: Path, etag: str, download: Future) -> Path | None:
         """The temporary file huggingface_hub is downloading the blob into (``<etag>*.incomplete``)."""

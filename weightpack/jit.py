@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 
 
 def _import_numba() -> None:
@@ -45,11 +46,14 @@ def _import_numba() -> None:
     ``numba.core.config`` imports PyYAML only to read a ``.numba_config.yaml`` in the working directory.
     While numba is imported they read as absent (unless that file exists, or they are imported already);
     afterwards nothing is changed: numba imports SciPy again, as usual, where it uses it (linear algebra).
+    Only in a process's only thread: another thread importing either meanwhile would find it missing
+    (``pull`` imports numba on a thread beside huggingface_hub's requests).
     """
     if "numba" in sys.modules:
         return
-    hidden = [name for name in ("scipy", "yaml") if name not in sys.modules]
-    if os.path.exists(".numba_config.yaml"):
+    alone = threading.current_thread() is threading.main_thread() and threading.active_count() == 1
+    hidden = [name for name in ("scipy", "yaml") if name not in sys.modules] if alone else []
+    if os.path.exists(".numba_config.yaml") and "yaml" in hidden:
         hidden.remove("yaml")
     sys.modules.update(dict.fromkeys(hidden))  # None: ``import scipy`` raises ImportError
     try:
