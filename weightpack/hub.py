@@ -133,14 +133,20 @@ def pull(repo_id: str, dst: str | os.PathLike | None = None, *, revision: str | 
     if not overwrite:  # refuse before downloading; what -f may replace is decided once the files are known
         check_destination(dst, overwrite, folder=True)
     options = {"token": token, "cache_dir": cache_dir, "endpoint": endpoint}
-    with _hub_errors(repo_id), _hub_bars(progress):
-        try:  # the manifest first, by revision (which records it in the cache, for offline use later)
+    hf = HfApi(endpoint=endpoint, token=token)
+    with _hub_errors(repo_id), _hub_bars(progress), ThreadPoolExecutor(1) as beside:
+        # The repo's listing is asked for beside the manifest (one round trip less): by the same revision,
+        # it names the same commit unless the repo changed in between, when it is asked for again by commit.
+        info = None if is_offline_mode() else beside.submit(hf.model_info, repo_id, revision=revision)
+        try:  # the manifest by revision (which records it in the cache, for offline use later)
             record_path = Path(hf_hub_download(repo_id, MANIFEST, revision=revision, **options))
         except EntryNotFoundError:
             record_path = None
-        if record_path is not None and not is_offline_mode():  # packed: stream it, pinned to that commit
+        if record_path is not None and info is not None:  # packed: stream it, pinned to that commit
             commit = record_path.parent.name  # the snapshot folder of the cache is named by the commit
-            names = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=commit)
+            listed = info.result()
+            names = ([s.rfilename for s in listed.siblings or []] if listed.sha == commit
+                     else hf.list_repo_files(repo_id, revision=commit))
 
     from . import api  # (imported meanwhile by the warm-up, unless it is still at it)
 
