@@ -330,7 +330,9 @@ class RepoFiles:
         if response.status_code != 206 or match is None:
             return None, None
         first, last, total = map(int, match.groups())
-        if len(response.content) != last - first + 1 or (spec[0] != "-" and first != int(spec.split("-")[0])):
+        start, _, end = spec.partition("-")
+        asked = (max(total - int(end), 0), total - 1) if not start else (int(start), int(end))
+        if (first, last) != asked or len(response.content) != last - first + 1:  # exactly the range asked for
             return None, None
         return response.content, total
 

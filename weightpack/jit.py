@@ -21,12 +21,11 @@ unpack of a 75 kB checkpoint: 1.22-1.72 s before, 0.83-1.12 s after (6 runs each
 Two more start-up rules for the kernels (decoding and, since 2026-12-02, coding too). No array
 methods (``a.sum()``, ``a.all()``): their cached code refers to ``numba.np.arraymath``, whose import
 costs ~0.3 s when scipy is installed (it probes scipy's BLAS); loops say the same and load in
-milliseconds. And no allocating or viewing
-arrays (``np.empty``, ``a.view``): that cached code refers to ``numba.np.arrayobj``, whose import
-(with the string code it pulls in) costs ~50 ms; the Python caller allocates and makes the views in
-numpy (``rans.decode``, ``rans.encode``, ``checksum.stripe_hash``, ``FrequencyTable.decoder_entries``,
-``FrequencyTable.fit``). Allocating in the coding kernels also compiled numba's allocation code on a
-machine's first pack.
+milliseconds. And no allocating or viewing arrays (``np.empty``, ``a.view``): that cached code
+refers to ``numba.np.arrayobj``, whose import (with the string code it pulls in) costs ~50 ms; the
+Python caller allocates and makes the views in numpy (``rans.decode``, ``rans.encode``,
+``checksum.stripe_hash``, ``FrequencyTable.decoder_entries``, ``FrequencyTable.fit``). Allocating
+in the coding kernels also compiled numba's allocation code on a machine's first pack.
 
 And numba is imported without two optional packages it only probes (``_import_numba``).
 """
