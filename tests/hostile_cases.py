@@ -8,7 +8,7 @@ import json
 import struct
 from collections.abc import Callable
 
-from weightpack.container import PREAMBLE, Index
+from weightpack.container import CHUNK_OWN, CHUNK_RAW, PREAMBLE, Index
 
 from .fuzzing import parse, rebuild
 
@@ -91,6 +91,13 @@ ARCHIVE_CASES: list[tuple[str, ArchiveEdit, str]] = [
                                                                       hashes=_tensor(i).hashes * 2)),
      "not chunked by its stripe size"),
     ("frequency table not summing to its total", _edit_index(_bad_table), "does not sum to its total"),
+    ("a chunk's own table cut short behind a valid checksum",
+     _edit_index(lambda i, d: _set(_rans_chunk(i), mode=CHUNK_OWN, table=b"\x0f\x00")), "frequency table is truncated"),
+    ("a coded chunk read as raw behind a valid checksum",
+     _edit_index(lambda i, d: _set(_rans_chunk(i), mode=CHUNK_RAW)), "has the wrong size"),
+    ("a chunk using a table its plane lacks", _edit_index(
+        lambda i, d: _set(next(p for p in _tensor(i).planes if p.codec == 2), params=b"")),
+     "uses a table the plane lacks"),
     ("chunks overlapping", _edit_index(_overlap), "overlap or leave unchecked gaps"),
     ("chunk beyond the payload", _edit_index(lambda i, d: _set(_rans_chunk(i), size=2**32 - 1)),
      "outside the payload"),

@@ -276,6 +276,13 @@ class PlaneDecoder:
         elif plane.params:
             raise FormatError(f"{where}: unexpected codec parameters")
 
+    def shared_entries(self) -> np.ndarray:
+        """The decoder table of the plane's table (which it must have), built once, on first use, by
+        whichever worker gets there."""
+        if self._shared_entries is None:
+            self._shared_entries = self.shared.decoder_entries()
+        return self._shared_entries
+
     def _table(self, data: bytes) -> FrequencyTable:
         try:
             return FrequencyTable.from_bytes(data, self.plane.bits)
@@ -321,9 +328,7 @@ class PlaneDecoder:
             elif self.shared is None:
                 raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
             else:
-                if self._shared_entries is None:  # built once, on first use (by whichever worker gets there)
-                    self._shared_entries = self.shared.decoder_entries()
-                precision, entries = self.shared.precision, self._shared_entries
+                precision, entries = self.shared.precision, self.shared_entries()
             if not rans.decode(data, precision, entries, out):
                 raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
         return out

@@ -33,6 +33,38 @@ def read_exact(fd: int, offset: int, size: int) -> np.ndarray:
     return buf
 
 
+def read_exact_into(fd: int, pieces: list[tuple[int, np.ndarray]]) -> None:
+    """Fill each ``(offset, destination)`` piece from the file, one ``preadv`` per run of pieces that lie
+    back to back; FormatError if the file is short."""
+    run: list[memoryview] = []
+    start = end = 0
+    for offset, out in [*pieces, (-1, None)]:
+        if out is not None and not out.size:
+            continue
+        if run and offset != end:
+            _preadv_exact(fd, run, start)
+            run = []
+        if out is None:
+            break
+        if not run:
+            start = end = offset
+        run.append(memoryview(out))
+        end += out.size
+
+
+def _preadv_exact(fd: int, views: list[memoryview], offset: int) -> None:
+    while views:
+        n = os.preadv(fd, views, offset)
+        if n == 0:
+            raise FormatError("file is shorter than its header says (truncated?)")
+        offset += n
+        while views and n >= views[0].nbytes:  # drop what was filled; a short read resumes mid-view
+            n -= views[0].nbytes
+            views = views[1:]
+        if n:
+            views[0] = views[0][n:]
+
+
 class SafetensorsFile:
     """Tensors of a plain safetensors file, read by element range."""
 

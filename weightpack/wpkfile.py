@@ -49,7 +49,8 @@ from .entropy import entropy_bits, histogram
 from .errors import FormatError, IntegrityError, WeightpackError
 from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
-from .sources import BaseSet, Dedup, Stored, read_exact
+from .sources import BaseSet, Dedup, Stored, read_exact, read_exact_into
+from .stripe import StripeDecoder
 
 Progress = Callable[[int], None]
 
@@ -477,6 +478,13 @@ class ArchiveReader:
             self._available(offset + size)
         return read_exact(self._file.fileno(), offset, size)
 
+    def read_into(self, pieces: list[tuple[int, np.ndarray]]) -> None:
+        """Read each ``(offset, destination)`` piece of the archive (chunks validated by the index); pieces
+        that lie back to back (a stripe's chunks) are read by one ``preadv``."""
+        if self._available is not None and pieces:
+            self._available(max(offset + out.size for offset, out in pieces))
+        read_exact_into(self._file.fileno(), pieces)
+
     def _source(self, seg: Segment):
         """The archive or base file holding the tensor ``seg`` refers to, checked to be the right one."""
         if seg.source == SELF:
@@ -531,8 +539,12 @@ class ArchiveReader:
         size = seg.itemsize
         # None: no reference; False: per-plane transforms; True: one difference of whole words
         word_sub = None if seg.ref != REF_DELTA else any(p.transform == TRANSFORM_WORD_SUB for p in seg.planes)
+        whole = StripeDecoder(seg, decoders, where) if StripeDecoder.takes(seg) else None
 
         def fill(k: int, n: int, out: np.ndarray) -> None:
+            if whole is not None:  # nearly every stripe: one kernel call (see stripe.py)
+                whole.fill(k, n, out, self.read_into)
+                return
             if seg.ref == REF_COPY:
                 out[:] = source.tensor_bytes(seg.ref_name, k * step, k * step + n)
             else:
