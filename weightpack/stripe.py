@@ -231,6 +231,18 @@ class StripeDecoder:
         raise FormatError(f"{where}: frequency table {_TABLE_ERRORS[problem - BAD_TABLE]}")
 
 
+def warm_up() -> None:
+    """Load the stripe kernel (from numba's cache, or compiling it: ~5 s on a machine's first run), on a
+    stripe of one element of two constant planes. Its one signature serves every dtype it takes."""
+    work = _WORK.get(1, 8)
+    out = np.zeros(8, np.uint8)
+    plan = np.zeros((2, 7), np.int64)
+    plan[:, HOW] = CONST
+    _decode_stripe(work.stored, work.stored16, work.stored64, plan, 1, _NO_WORDS[np.dtype(np.uint64)].view(np.int64),
+                   np.zeros(0, np.uint8), work.rows, work.own, work.freq, work.states, np.array([2, 8, 5, 5, 0]),
+                   out, out.view(np.uint16), _NO_WORDS[np.dtype(np.uint32)], out.view(np.uint64), 0, np.uint64(0))
+
+
 class _Work:
     """One worker's buffers for decoding stripes: the stored chunks (and their word views), a symbol row
     per plane, and the kernel's scratch. Reused from stripe to stripe: decoding allocates nothing."""

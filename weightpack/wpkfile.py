@@ -20,11 +20,10 @@ from typing import BinaryIO, TypeVar
 
 import numpy as np
 
-from . import bitpack, codec, dtypes, planes, rans
+from . import codec, dtypes, planes
 from .atomic import start_writeback
 from .checksum import stripe_hash
 from .container import (
-    CODEC_RANS,
     KIND_BYTES,
     KIND_TENSOR,
     PREAMBLE,
@@ -51,6 +50,7 @@ from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
 from .sources import BaseSet, Dedup, Stored, read_exact, read_exact_into
 from .stripe import StripeDecoder
+from .stripe import warm_up as warm_up_stripes
 
 Progress = Callable[[int], None]
 
@@ -641,19 +641,12 @@ _Fill = Callable[[np.ndarray], None]
 
 def warm_up_decoder() -> None:
     """Load the decoding kernels that every model needs (from numba's cache, or compiling them), so that a
-    later decode does not wait for them: run beside a download, it takes numba's start-up (see ``jit``) off
-    the critical path. The others (a float format's merge, a rarer raw width, the tail of a raw chunk whose
-    size is not a multiple of 8) load at their first use: warming up all three formats' merges compiled, on
-    a machine's first run, ~0.6 s that a model of one dtype never used."""
-    decoder = codec.PlaneDecoder(PlaneRecord(CODEC_RANS, 2, 0, 4, _TWO_SYMBOL_TABLE), "warm-up")  # parses it
-    rans.decode(np.zeros(16, np.uint8), 1, decoder.shared.decoder_entries(), np.zeros(4, decoder.dtype))
-    bitpack.unpack_into(np.zeros(6, np.uint8), 6, np.zeros(8, decoder.dtype))  # BF16's and F32's sign + mantissa
+    later decode does not wait for them: run beside a download, it takes numba's start-up (see ``jit``) and,
+    on a machine's first run, compiling them off the critical path. The stripe kernel decodes every tensor
+    stored whole; the header's stripe is checked by XXH64 alone. The plane-by-plane decoders (copies and
+    deltas of other tensors) load at their first use."""
+    warm_up_stripes()
     stripe_hash(np.zeros(8, np.uint8), 0)
-
-
-# A serialised table (precision 1, symbols 0 and 1, one unit each), written out rather than built: building
-# it would compile the table writer, which decoding never uses.
-_TWO_SYMBOL_TABLE = bytes([1, 0, 0, 2, 0, 0b11, 1, 1])
 
 
 class _Scratch(threading.local):
