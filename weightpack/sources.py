@@ -36,6 +36,13 @@ def read_exact(fd: int, offset: int, size: int) -> np.ndarray:
 def read_exact_into(fd: int, pieces: list[tuple[int, np.ndarray]]) -> None:
     """Fill each ``(offset, destination)`` piece from the file, one ``preadv`` per run of pieces that lie
     back to back; FormatError if the file is short."""
+    first, length = pieces[0][0] if pieces else 0, 0
+    for offset, out in pieces:  # the usual case, a stripe's chunks lying back to back: one preadv at once
+        if offset != first + length:
+            break
+        length += out.size
+    else:
+        return _preadv_exact(fd, [memoryview(out) for _, out in pieces if out.size], first)
     run: list[memoryview] = []
     start = end = 0
     for offset, out in [*pieces, (-1, None)]:

@@ -147,7 +147,7 @@ class StripeDecoder:
         size, ebits, mbits = DTYPES[seg.dtype]
         rest = mbits - TOP_MANTISSA_BITS if ebits else 0
         self.layout = np.array([size, ebits, rest, rest % 8, rest // 8], np.int64)
-        self.itemsize, self.words = size, np.dtype(f"<u{size}")
+        self.itemsize = size
         at, self.table_at = 0, []  # each plane's table's place in ``shared``
         for d in decoders:
             self.table_at.append(at)
@@ -197,13 +197,12 @@ class StripeDecoder:
         nbytes = n * self.itemsize
         aligned = out.__array_interface__["data"][0] % 8 == 0  # word views need it
         target = out if aligned else work.aligned(nbytes)
-        words = _NO_WORDS.copy()
-        if self.itemsize > 1:
-            words[self.words] = target.view(self.words)
-        words[np.dtype(np.uint64)] = target[:nbytes - nbytes % 8].view(np.uint64)
+        out16 = target.view(np.uint16) if self.itemsize == 2 else _NO_WORDS[np.dtype(np.uint16)]
+        out32 = target.view(np.uint32) if self.itemsize == 4 else _NO_WORDS[np.dtype(np.uint32)]
         problem = _decode_stripe(stored, work.stored16, work.stored64, np.array(plan, np.int64).reshape(-1, 7), n,
                                  self._tables(), np.frombuffer(bytearray(b"".join(tables)), np.uint8), work.rows,
-                                 work.own, work.freq, work.states, self.layout, target, *words.values(),
+                                 work.own, work.freq, work.states, self.layout, target, out16, out32,
+                                 target[:nbytes - nbytes % 8].view(np.uint64),
                                  self.seg.start + k * self.seg.stripe * self.itemsize, np.uint64(self.seg.hashes[k]))
         if problem:
             self._raise(problem >> 8, chunks[problem & 0xFF], k)
