@@ -59,37 +59,49 @@ BAD_TABLE = 16  # + the table parser's error (entropy._TABLE_ERRORS)
 
 @njit(cache=True, nogil=True)
 def _decode_stripe(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray, plan: np.ndarray, n: int,
-                   shared: np.ndarray, tables: np.ndarray, rows: np.ndarray, own: np.ndarray, freq: np.ndarray,
-                   states: np.ndarray, layout: np.ndarray, out: np.ndarray, out16: np.ndarray, out32: np.ndarray,
-                   out64: np.ndarray, seed: int, expected: np.uint64) -> int:
+                   shared: np.ndarray, tables: np.ndarray, rows: np.ndarray, bytes_: np.ndarray, own: np.ndarray,
+                   freq: np.ndarray, states: np.ndarray, layout: np.ndarray, out: np.ndarray, out16: np.ndarray,
+                   out32: np.ndarray, out64: np.ndarray, seed: int, expected: np.uint64) -> int:
     """Decode one stripe of ``n`` elements into ``out`` (uint8); 0 if every check passed, else
     ``problem << 8 | plane``.
 
     ``stored`` (with its views ``stored16``, ``stored64``): the chunks, each at an 8-aligned ``START``;
     ``plan``: one row per plane; ``shared``: the planes' decoder tables; ``tables``: the chunks' own
-    tables, serialised; ``rows``: a symbol row per plane (``MAX_PLANES`` rows of at least ``n``);
-    ``own``, ``freq``, ``states``: scratch for a chunk's own table and the rANS lanes. ``layout``:
-    itemsize, exponent bits (0: integer bytes), and for floats the mantissa bits below the coded top
-    bits, those of them above whole bytes, and its whole bytes. ``out16``, ``out32``, ``out64``: ``out``
-    as words (``out16`` and ``out32`` empty but the one of a float's itemsize; ``out64`` covers at least the
+    tables, serialised; ``rows``: a symbol row per plane (``MAX_PLANES`` rows of at least ``n``),
+    ``bytes_`` two byte rows (a float's coded low mantissa bytes, narrowed for the merge); ``own``,
+    ``freq``, ``states``: scratch for a chunk's own table and the rANS lanes. ``layout``: itemsize,
+    exponent bits (0: integer bytes), and for floats the mantissa bits below the coded top bits, those
+    of them above whole bytes, and its whole bytes. ``out16``, ``out32``, ``out64``: ``out`` as words
+    (``out16`` and ``out32`` empty but the one of a float's itemsize; ``out64`` covers at least the
     whole 32-byte blocks the hash reads).
     """
+    floats, low = layout[1] != 0, (stored[:0], stored[:0])
     for j in range(plan.shape[0]):
-        problem = _decode_chunk(stored, stored16, stored64, plan[j], n, shared, tables, rows[j, :n], own, freq,
-                                states)
+        chunk = plan[j]
+        # A float's raw low mantissa byte (most of F32's and F16's) is merged from where it lies: no copy.
+        in_place = floats and j >= 2 and chunk[HOW] == RAW
+        problem = _decode_chunk(stored, stored16, stored64, chunk, n, shared, tables, rows[j, :n], own, freq, states,
+                                in_place)
         if problem:
             return problem << 8 | j
+        if floats and j >= 2:
+            if in_place:
+                byte = stored[chunk[START]:chunk[START] + n]
+            else:
+                byte = bytes_[j - 2, :n]
+                for i in range(n):
+                    byte[i] = rows[j, i]
+            low = (byte, low[1]) if j == 2 else (low[0], byte)
     itemsize, n_low, rest, low_bits = layout[0], layout[4], layout[2], layout[3]
-    lows = (rows[2], rows[3])  # F32's low mantissa bytes, most significant first (F16's one: the first)
-    if not layout[1]:
+    if not floats:
         for j in range(plan.shape[0]):  # integer bytes, most significant plane first
-            byte = itemsize - 1 - j
+            at = itemsize - 1 - j
             for i in range(n):
-                out[i * itemsize + byte] = rows[j, i]
+                out[i * itemsize + at] = rows[j, i]
     elif itemsize == 2:
-        _merge_float(rows[0], rows[1], lows, n_low, rest, low_bits, out16[:n])
+        _merge_float(rows[0], rows[1], low, n_low, rest, low_bits, out16[:n])
     else:
-        _merge_float(rows[0], rows[1], lows, n_low, rest, low_bits, out32[:n])
+        _merge_float(rows[0], rows[1], low, n_low, rest, low_bits, out32[:n])
     if _xxh64(out, out64[:out.size // 32 * 4], seed) != expected:
         return BAD_STRIPE << 8
     return 0
@@ -98,8 +110,9 @@ def _decode_stripe(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarra
 @njit(cache=True, nogil=True, inline="always")
 def _decode_chunk(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray, chunk: np.ndarray, n: int,
                   shared: np.ndarray, tables: np.ndarray, symbols: np.ndarray, own: np.ndarray, freq: np.ndarray,
-                  states: np.ndarray) -> int:
-    """One plane's chunk into ``symbols`` (``n``); 0, or the problem found."""
+                  states: np.ndarray, in_place: bool) -> int:
+    """One plane's chunk into ``symbols`` (``n``), but a raw 8-bit chunk ``in_place`` is only checked; 0,
+    or the problem found."""
     how = chunk[HOW]
     if how == CONST:
         for i in range(n):
@@ -111,6 +124,8 @@ def _decode_chunk(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray
     if np.int64(checksum) != chunk[CHECKSUM]:
         return BAD_CHECKSUM
     if how == RAW:
+        if in_place:
+            return 0 if size == n else BAD_RAW_SIZE
         return 0 if unpack_chunk(data, chunk[BITS], symbols) else BAD_RAW_SIZE
     if how == NO_TABLE:
         return MISSING_TABLE
@@ -201,7 +216,7 @@ class StripeDecoder:
         out32 = target.view(np.uint32) if self.itemsize == 4 else _NO_WORDS[np.dtype(np.uint32)]
         problem = _decode_stripe(stored, work.stored16, work.stored64, np.array(plan, np.int64).reshape(-1, 7), n,
                                  self._tables(), np.frombuffer(bytearray(b"".join(tables)), np.uint8), work.rows,
-                                 work.own, work.freq, work.states, self.layout, target, out16, out32,
+                                 work.bytes, work.own, work.freq, work.states, self.layout, target, out16, out32,
                                  target[:nbytes - nbytes % 8].view(np.uint64),
                                  self.seg.start + k * self.seg.stripe * self.itemsize, np.uint64(self.seg.hashes[k]))
         if problem:
@@ -237,9 +252,10 @@ def warm_up() -> None:
     out = np.zeros(8, np.uint8)
     plan = np.zeros((2, 7), np.int64)
     plan[:, HOW] = CONST
-    _decode_stripe(work.stored, work.stored16, work.stored64, plan, 1, _NO_WORDS[np.dtype(np.uint64)].view(np.int64),
-                   np.zeros(0, np.uint8), work.rows, work.own, work.freq, work.states, np.array([2, 8, 5, 5, 0]),
-                   out, out.view(np.uint16), _NO_WORDS[np.dtype(np.uint32)], out.view(np.uint64), 0, np.uint64(0))
+    no_tables = _NO_WORDS[np.dtype(np.uint64)].view(np.int64)
+    _decode_stripe(work.stored, work.stored16, work.stored64, plan, 1, no_tables, np.zeros(0, np.uint8), work.rows,
+                   work.bytes, work.own, work.freq, work.states, np.array([2, 8, 5, 5, 0]), out, out.view(np.uint16),
+                   _NO_WORDS[np.dtype(np.uint32)], out.view(np.uint64), 0, np.uint64(0))
 
 
 class _Work:
@@ -249,6 +265,7 @@ class _Work:
     def __init__(self, step: int) -> None:
         self.step = step
         self.rows = np.empty((MAX_PLANES, step), np.uint16)
+        self.bytes = np.empty((2, step), np.uint8)
         self.own = np.empty(1 << rans.MAX_PRECISION, np.int64)
         self.freq = np.empty(1 << 16, np.int64)
         self.states = np.empty(rans.WIDE_LANES, np.int64)
