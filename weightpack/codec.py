@@ -43,7 +43,7 @@ from .container import (
     PlaneRecord,
     unzstd,
 )
-from .entropy import FrequencyTable, count_chunks, entropy_bits, histogram, present_symbols
+from .entropy import FrequencyTable, count_chunks, entropy_bits, histogram
 from .errors import FormatError, IntegrityError
 from .parallel import ordered_map, submit
 
@@ -177,9 +177,10 @@ def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: Fr
     """One chunk (``counts``: its histogram) in whichever mode is estimated smallest (raw unless coding
     saves MIN_CODING_GAIN)."""
     raw = symbols.size * bits
-    costs = {CHUNK_PLANE: shared.coded_bits(counts), CHUNK_RAW: raw * (1 - MIN_CODING_GAIN)}
+    plane_bits, bound, present = shared.chunk_costs(counts)
+    costs = {CHUNK_PLANE: plane_bits, CHUNK_RAW: raw * (1 - MIN_CODING_GAIN)}
     own = None
-    if entropy_bits(counts) + 8 * present_symbols(counts) < min(costs.values()):  # a table of its own may pay
+    if bound + 8 * present < min(costs.values()):  # a table of its own may pay
         own = FrequencyTable.fit(counts, OWN_TABLE_MIN_PRECISION)
         if own is not None:
             costs[CHUNK_OWN] = own.coded_bits(counts) + 8 * (own.serialized_size() + 2)

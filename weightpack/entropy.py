@@ -107,6 +107,13 @@ def present_symbols(counts: np.ndarray) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _chunk_costs(counts: np.ndarray, freq: np.ndarray, precision: int) -> tuple:
+    """What a chunk's mode choice needs, in one call (one GIL hand-over, not three): the bits coding it
+    with a table of ``freq`` costs, its order-0 entropy in bits, and how many symbol values occur."""
+    return _coded_bits(counts, freq, precision), entropy_bits(counts), present_symbols(counts)
+
+
+@njit(cache=True, nogil=True)
 def _normalise(counts: np.ndarray, precision: int, freq: np.ndarray, keys: np.ndarray, heap: np.ndarray) -> None:
     """Scale counts into ``freq`` to sum exactly ``1 << precision`` keeping present symbols >= 1, near-minimal
     cost. ``keys`` (float64) and ``heap`` (int64): scratch, ``counts.size`` entries each.
@@ -324,6 +331,10 @@ class FrequencyTable:
     def coded_bits(self, counts: np.ndarray) -> float:
         """Bits the rANS coder spends on symbols with these counts (excluding renormalisation flush)."""
         return _coded_bits(counts, self.freq, self.precision)
+
+    def chunk_costs(self, counts: np.ndarray) -> tuple[float, float, int]:
+        """For a chunk with these counts: ``coded_bits(counts)``, its entropy in bits, its present symbols."""
+        return _chunk_costs(counts, self.freq, self.precision)
 
     def serialized_size(self) -> int:
         """``len(self.to_bytes())``, without building the bytes."""
