@@ -59,9 +59,12 @@ def read_exact_into(fd: int, pieces: list[tuple[int, np.ndarray]]) -> None:
         end += out.size
 
 
+_IOV_MAX = 1024  # buffers one preadv takes at most (Linux's IOV_MAX)
+
+
 def _preadv_exact(fd: int, views: list[memoryview], offset: int) -> None:
     while views:
-        n = os.preadv(fd, views, offset)
+        n = os.preadv(fd, views[:_IOV_MAX], offset)
         if n == 0:
             raise FormatError("file is shorter than its header says (truncated?)")
         offset += n

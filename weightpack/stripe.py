@@ -1,16 +1,19 @@
-"""A stripe of a tensor decoded by one compiled call: what unpack and loading do for nearly every stripe.
+"""Stripes of tensors decoded a run at a time by one compiled call: what unpack and loading do for nearly
+every stripe.
 
 A stripe is chunk ``k`` of every plane of a tensor (``codec.py``). Decoded plane by plane through
 ``codec.PlaneDecoder``, a stripe cost ~10 calls into numba: a read, a checksum and a decode per plane,
 a merge, a hash. Each call gives the GIL up and takes it back, and on two cores that waiting was
-17 ms of a 90 ms F32 unpack (*Where two cores go* in benchmarks/RESULTS.md); on many cores it is
-what stops scaling first. Here a stripe costs two:
+17 ms of a 90 ms F32 unpack (*Where two cores go* in benchmarks/RESULTS.md); on many cores, or beside
+other Python threads, it is what stops decoding first. Here a run of stripes (a worker's job: two of a
+large BF16 tensor, dozens of small ones) costs two:
 
-1. one ``preadv`` of the stripe's chunks, which lie back to back in the archive, each into an 8-byte
+1. one ``preadv`` of the run's chunks, which lie back to back in the archive, each into an 8-byte
    aligned place of the worker's buffer, so that the kernel can read them as 16- and 64-bit words;
-2. one nogil kernel (``_decode_stripe``) that, plane by plane, checks the chunk's checksum, then
-   decodes it (rANS with the plane's table or a table of its own, bit-packed, or constant) into the
-   worker's symbol rows, merges the rows into the stripe's words, and checks the stripe's XXH64.
+2. one nogil kernel (``_decode_stripes``) that, stripe by stripe and plane by plane, checks the
+   chunk's checksum, then decodes it (rANS with the plane's table or a table of its own, bit-packed,
+   or constant) into the worker's symbol rows, merges the rows into the stripe's words in the output,
+   and checks the stripe's XXH64.
 
 The kernel calls the same compiled steps as the plane-by-plane path (``rans._decode``,
 ``bitpack.unpack_chunk``, ``planes._merge_float``, ``checksum._xxh64``, ``entropy._parse_table``), so
@@ -33,12 +36,14 @@ from . import rans
 from .bitpack import unpack_chunk
 from .checksum import _xxh64
 from .codec import PlaneDecoder
-from .container import CHUNK_OWN, CHUNK_RAW, CODEC_CONST, CODEC_RAW, KIND_TENSOR, REF_NONE, Segment
+from .container import CHUNK_OWN, CHUNK_RAW, CODEC_CONST, CODEC_RAW, KIND_TENSOR, REF_NONE, Chunk, Segment
 from .dtypes import DTYPES, TOP_MANTISSA_BITS
 from .entropy import _TABLE_ERRORS, _fill_decoder_entries, _parse_table
-from .errors import FormatError, IntegrityError
+from .errors import FormatError, IntegrityError, WeightpackError
 from .jit import njit
 from .planes import _merge_float
+
+ReadInto = Callable[[list[tuple[int, np.ndarray]]], None]  # reads (archive offset, destination) pieces
 
 # A plane's row of the kernel's ``plan``: where its chunk lies in the worker's buffer, its size and
 # checksum, how it is decoded, the plane's width, where its decoder table lies (in ``shared``, or for a
@@ -48,8 +53,8 @@ START, SIZE, CHECKSUM, HOW, BITS, TABLE, EXTRA = range(7)
 CONST, RAW, SHARED, OWN, NO_TABLE = range(5)  # HOW; NO_TABLE: the chunk uses a table its plane lacks
 MAX_PLANES = 8  # U64's and F64's
 
-# What the kernel returns: 0, or ``problem << 8 | plane``.
-BAD_CHECKSUM, BAD_RAW_SIZE, BAD_STREAM, MISSING_TABLE, BAD_STRIPE = 1, 2, 3, 4, 5
+# What the kernel returns: 0, or ``stripe << 16 | problem << 8 | plane``.
+BAD_CHECKSUM, BAD_RAW_SIZE, BAD_STREAM, MISSING_TABLE, BAD_STRIPE, NO_ROOM = 1, 2, 3, 4, 5, 6
 BAD_TABLE = 16  # + the table parser's error (entropy._TABLE_ERRORS)
 
 
@@ -58,12 +63,50 @@ BAD_TABLE = 16  # + the table parser's error (entropy._TABLE_ERRORS)
 # per dtype: with the steps it inlines, that is ~1.3 s of a machine's first run for each.
 
 @njit(cache=True, nogil=True)
+def _decode_stripes(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray, plan: np.ndarray,
+                    stripes: np.ndarray, expected: np.ndarray, shared: np.ndarray, tables: np.ndarray, rows: np.ndarray,
+                    bytes_: np.ndarray, own: np.ndarray, freq: np.ndarray, states: np.ndarray, out: np.ndarray,
+                    out16: np.ndarray, out32: np.ndarray, out64: np.ndarray, spare: np.ndarray, spare16: np.ndarray,
+                    spare32: np.ndarray, spare64: np.ndarray) -> int:
+    """Decode a run of stripes into ``out`` (uint8, seen as words ``out16``, ``out32``, ``out64``); 0 if
+    every check passed, else ``stripe << 16 | problem << 8 | plane``.
+
+    ``stripes``: a row per stripe (its first row of ``plan``, its planes, elements, byte offset in ``out``,
+    the five ``layout`` fields of ``_decode_stripe``, and its hash's seed), ``expected`` its XXH64; ``plan``: a row per
+    plane of each stripe. A stripe whose place in ``out`` is not 8-byte aligned (after an odd-sized
+    tensor), or that ends in ``out``'s last 7 bytes, which its word views do not hold, is decoded into
+    ``spare`` (with its word views) and copied. The rest: ``_decode_stripe``.
+    """
+    for s in range(stripes.shape[0]):
+        first, planes, n, at, itemsize = stripes[s, 0], stripes[s, 1], stripes[s, 2], stripes[s, 3], stripes[s, 4]
+        nbytes = n * itemsize
+        if n > rows.shape[1] or planes > rows.shape[0] or at + nbytes > out.size or nbytes > spare.size:
+            return s << 16 | NO_ROOM << 8  # the caller's buffers are too small: never written past
+        aligned = at % 8 == 0 and at + nbytes <= out64.size * 8  # the word views hold all of it
+        if aligned:
+            target, words16, words32, words64 = (out[at:at + nbytes], out16[at // 2:(at + nbytes) // 2],
+                                                 out32[at // 4:(at + nbytes) // 4], out64[at // 8:(at + nbytes) // 8])
+        else:
+            target, words16, words32, words64 = (spare[:nbytes], spare16[:nbytes // 2], spare32[:nbytes // 4],
+                                                 spare64[:nbytes // 8])
+        problem = _decode_stripe(stored, stored16, stored64, plan[first:first + planes], n, shared, tables, rows,
+                                 bytes_, own, freq, states, stripes[s, 4:9], target, words16, words32, words64,
+                                 stripes[s, 9], expected[s])
+        if problem:
+            return s << 16 | problem
+        if not aligned:
+            for i in range(nbytes):
+                out[at + i] = spare[i]
+    return 0
+
+
+@njit(cache=True, nogil=True)
 def _decode_stripe(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray, plan: np.ndarray, n: int,
                    shared: np.ndarray, tables: np.ndarray, rows: np.ndarray, bytes_: np.ndarray, own: np.ndarray,
                    freq: np.ndarray, states: np.ndarray, layout: np.ndarray, out: np.ndarray, out16: np.ndarray,
                    out32: np.ndarray, out64: np.ndarray, seed: int, expected: np.uint64) -> int:
     """Decode one stripe of ``n`` elements into ``out`` (uint8); 0 if every check passed, else
-    ``problem << 8 | plane``.
+    ``problem << 8 | plane``. One stripe of ``_decode_stripes``.
 
     ``stored`` (with its views ``stored16``, ``stored64``): the chunks, each at an 8-aligned ``START``;
     ``plan``: one row per plane; ``shared``: the planes' decoder tables; ``tables``: the chunks' own
@@ -72,8 +115,7 @@ def _decode_stripe(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarra
     ``freq``, ``states``: scratch for a chunk's own table and the rANS lanes. ``layout``: itemsize,
     exponent bits (0: integer bytes), and for floats the mantissa bits below the coded top bits, those
     of them above whole bytes, and its whole bytes. ``out16``, ``out32``, ``out64``: ``out`` as words
-    (``out16`` and ``out32`` empty but the one of a float's itemsize; ``out64`` covers at least the
-    whole 32-byte blocks the hash reads).
+    (those of other word sizes are not used).
     """
     floats, low = layout[1] != 0, (stored[:0], stored[:0])
     for j in range(plan.shape[0]):
@@ -147,23 +189,21 @@ def _decode_chunk(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray
     return 0
 
 
-_NO_WORDS = {np.dtype(t): np.zeros(0, t) for t in (np.uint16, np.uint32, np.uint64)}  # the word sizes not used
-
-
 class StripeDecoder:
-    """Decodes the stripes of one tensor stored whole (not a copy or delta), each by one kernel call.
+    """What the stripe kernel needs of one tensor stored whole (not a copy or delta): its planes, its
+    decoders (which validated the planes' tables and constants), and where it is read from.
 
     Built per segment when its stripes are planned; the planes' shared decoder tables are built at first
     use, by whichever worker gets there (two building them at once build the same tables).
     """
 
-    def __init__(self, seg: Segment, decoders: list[PlaneDecoder], where: str) -> None:
-        self.seg, self.decoders, self.where = seg, decoders, where
+    def __init__(self, seg: Segment, decoders: list[PlaneDecoder], where: str, read_into: ReadInto) -> None:
+        self.seg, self.decoders, self.where, self.read_into = seg, decoders, where, read_into
         size, ebits, mbits = DTYPES[seg.dtype]
         rest = mbits - TOP_MANTISSA_BITS if ebits else 0
-        self.layout = np.array([size, ebits, rest, rest % 8, rest // 8], np.int64)
+        self.layout = (size, ebits, rest, rest % 8, rest // 8)
         self.itemsize = size
-        at, self.table_at = 0, []  # each plane's table's place in ``shared``
+        at, self.table_at = 0, []  # each plane's table's place in ``shared_tables()``
         for d in decoders:
             self.table_at.append(at)
             at += 0 if d.shared is None else 1 << d.shared.precision
@@ -177,19 +217,73 @@ class StripeDecoder:
         return (seg.kind == KIND_TENSOR and seg.ref == REF_NONE
                 and (DTYPES[seg.dtype][1] == 0 or DTYPES[seg.dtype][0] in (2, 4)))
 
-    def fill(self, k: int, n: int, out: np.ndarray, read_into: Callable[[list[tuple[int, np.ndarray]]], None]) -> None:
-        """Decode stripe ``k`` (``n`` elements) into ``out`` (uint8) and check it; ``read_into(pieces)``
-        reads each ``(archive offset, destination)`` piece. IntegrityError or FormatError naming the
-        tensor and the chunk if anything does not check out.
+    def shared_tables(self) -> np.ndarray:
+        """The decoder tables of the planes that have one, end to end (int64)."""
+        if self._shared is None:
+            tables = [d.shared_entries() for d in self.decoders if d.shared is not None]
+            self._shared = np.concatenate(tables) if tables else np.zeros(0, np.int64)
+        return self._shared
 
-        The Python here is what every stripe costs on top of its kernel, holding the GIL: what many
-        threads would wait on. Keep it lean."""
-        plan, pieces, tables, chunks = [], [], [], []
-        at = own_at = 0
-        for plane, decoder, table_at in zip(self.seg.planes, self.decoders, self.table_at):
+    def problem(self, problem: int, chunk: Chunk | None, k: int) -> WeightpackError:
+        """The error for what the kernel found in stripe ``k`` (``chunk``: the plane's chunk it was in)."""
+        where = self.where
+        if problem == BAD_STRIPE:
+            return IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
+        if problem == BAD_CHECKSUM:
+            return IntegrityError(f"{where}: checksum mismatch in chunk at offset {chunk.offset}")
+        if problem == BAD_STREAM:
+            return IntegrityError(f"{where}: rANS chunk at offset {chunk.offset} is inconsistent")
+        if problem == BAD_RAW_SIZE:
+            return FormatError(f"{where}: raw chunk at offset {chunk.offset} has the wrong size")
+        if problem == MISSING_TABLE:
+            return FormatError(f"{where}: chunk at offset {chunk.offset} uses a table the plane lacks")
+        if problem == NO_ROOM:
+            return WeightpackError(f"{where}: stripe {k} does not fit the decoder's buffers (a weightpack bug)")
+        return FormatError(f"{where}: frequency table {_TABLE_ERRORS[problem - BAD_TABLE]}")
+
+
+class Stripe:
+    """Stripe ``k`` (``n`` elements) of a tensor the stripe kernel decodes. Called with its output (uint8,
+    ``n * itemsize`` bytes), it decodes alone; ``decode_run`` decodes a run of them in one call."""
+
+    __slots__ = ("decoder", "k", "n")
+
+    def __init__(self, decoder: StripeDecoder, k: int, n: int) -> None:
+        self.decoder, self.k, self.n = decoder, k, n
+
+    def __call__(self, out: np.ndarray) -> None:
+        decode_run([(self, 0)], out)
+
+
+def decode_run(stripes: list[tuple[Stripe, int]], out: np.ndarray) -> None:
+    """Decode each ``(stripe, byte offset in out)`` into ``out`` (uint8) and check it: one read of all their
+    chunks (stripes consecutive in the file have them back to back) and one kernel call, so a run of
+    stripes gives the GIL up and takes it back twice, whatever their number. Every stripe comes from the
+    archive of the first one. IntegrityError or FormatError naming the tensor and the chunk if anything
+    does not check out.
+
+    The Python here is what every stripe costs on top of the kernel, holding the GIL: what many threads
+    would wait on. Keep it lean.
+    """
+    plan, rows, expected, pieces, tables, chunks, shared, shared_at = [], [], [], [], [], [], [], {}
+    at = own_at = shared_size = longest = 0
+    for stripe, offset in stripes:
+        d, k = stripe.decoder, stripe.k
+        base = shared_at.get(d)
+        if base is None:
+            table = d.shared_tables()
+            base = shared_at[d] = shared_size
+            shared.append(table)
+            shared_size += table.size
+        seg, stripe_chunks = d.seg, []
+        rows.append((len(plan) // 7, len(seg.planes), stripe.n, offset, *d.layout,
+                     seg.start + k * seg.stripe * d.itemsize))
+        expected.append(seg.hashes[k])
+        longest = max(longest, stripe.n)
+        for plane, decoder, table_at in zip(seg.planes, d.decoders, d.table_at):
             if plane.codec == CODEC_CONST:
                 plan += (0, 0, 0, CONST, plane.bits, 0, decoder.value)
-                chunks.append(None)
+                stripe_chunks.append(None)
                 continue
             c = plane.chunks[k]
             if plane.codec == CODEC_RAW or c.mode == CHUNK_RAW:
@@ -201,61 +295,40 @@ class StripeDecoder:
             elif decoder.shared is None:
                 how, table, extra = NO_TABLE, 0, 0
             else:
-                how, table, extra = SHARED, table_at, decoder.shared.precision
+                how, table, extra = SHARED, base + table_at, decoder.shared.precision
             plan += (at, c.size, c.checksum, how, plane.bits, table, extra)
             pieces.append((c.offset, c.size, at))
-            chunks.append(c)
+            stripe_chunks.append(c)
             at += -(-c.size // 8) * 8
-        work = _WORK.get(self.seg.stripe, at)
-        stored = work.stored
-        read_into([(offset, stored[start:start + size]) for offset, size, start in pieces])
-        nbytes = n * self.itemsize
-        aligned = out.__array_interface__["data"][0] % 8 == 0  # word views need it
-        target = out if aligned else work.aligned(nbytes)
-        out16 = target.view(np.uint16) if self.itemsize == 2 else _NO_WORDS[np.dtype(np.uint16)]
-        out32 = target.view(np.uint32) if self.itemsize == 4 else _NO_WORDS[np.dtype(np.uint32)]
-        problem = _decode_stripe(stored, work.stored16, work.stored64, np.array(plan, np.int64).reshape(-1, 7), n,
-                                 self._tables(), np.frombuffer(bytearray(b"".join(tables)), np.uint8), work.rows,
-                                 work.bytes, work.own, work.freq, work.states, self.layout, target, out16, out32,
-                                 target[:nbytes - nbytes % 8].view(np.uint64),
-                                 self.seg.start + k * self.seg.stripe * self.itemsize, np.uint64(self.seg.hashes[k]))
-        if problem:
-            self._raise(problem >> 8, chunks[problem & 0xFF], k)
-        if target is not out:
-            out[:] = target
-
-    def _tables(self) -> np.ndarray:
-        if self._shared is None:
-            tables = [d.shared_entries() for d in self.decoders if d.shared is not None]
-            self._shared = np.concatenate(tables) if tables else _NO_WORDS[np.dtype(np.uint64)].view(np.int64)
-        return self._shared
-
-    def _raise(self, problem: int, chunk: object, k: int) -> None:
-        where = self.where
-        if problem == BAD_STRIPE:
-            raise IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
-        if problem == BAD_CHECKSUM:
-            raise IntegrityError(f"{where}: checksum mismatch in chunk at offset {chunk.offset}")
-        if problem == BAD_STREAM:
-            raise IntegrityError(f"{where}: rANS chunk at offset {chunk.offset} is inconsistent")
-        if problem == BAD_RAW_SIZE:
-            raise FormatError(f"{where}: raw chunk at offset {chunk.offset} has the wrong size")
-        if problem == MISSING_TABLE:
-            raise FormatError(f"{where}: chunk at offset {chunk.offset} uses a table the plane lacks")
-        raise FormatError(f"{where}: frequency table {_TABLE_ERRORS[problem - BAD_TABLE]}")
+        chunks.append(stripe_chunks)
+    work = _WORK.get(longest, at, longest * 8)  # a spare stripe of the widest dtype
+    stored = work.stored
+    stripes[0][0].decoder.read_into([(offset, stored[start:start + size]) for offset, size, start in pieces])
+    whole = out[:out.size - out.size % 8]  # the word views of ``out`` (the kernel checks each stripe's alignment)
+    problem = _decode_stripes(stored, work.stored16, work.stored64, np.array(plan, np.int64).reshape(-1, 7),
+                              np.array(rows, np.int64), np.array(expected, np.uint64),
+                              shared[0] if len(shared) == 1 else np.concatenate(shared),
+                              np.frombuffer(bytearray(b"".join(tables)), np.uint8), work.rows, work.bytes, work.own,
+                              work.freq, work.states, out, whole.view(np.uint16), whole.view(np.uint32),
+                              whole.view(np.uint64), work.spare, work.spare16, work.spare32, work.spare64)
+    if problem:
+        s, plane = problem >> 16, problem & 0xFF
+        stripe = stripes[s][0]
+        raise stripe.decoder.problem(problem >> 8 & 0xFF, chunks[s][plane], stripe.k)
 
 
 def warm_up() -> None:
     """Load the stripe kernel (from numba's cache, or compiling it: ~5 s on a machine's first run), on a
     stripe of one element of two constant planes. Its one signature serves every dtype it takes."""
-    work = _WORK.get(1, 8)
+    work = _WORK.get(1, 8, 8)
     out = np.zeros(8, np.uint8)
     plan = np.zeros((2, 7), np.int64)
     plan[:, HOW] = CONST
-    no_tables = _NO_WORDS[np.dtype(np.uint64)].view(np.int64)
-    _decode_stripe(work.stored, work.stored16, work.stored64, plan, 1, no_tables, np.zeros(0, np.uint8), work.rows,
-                   work.bytes, work.own, work.freq, work.states, np.array([2, 8, 5, 5, 0]), out, out.view(np.uint16),
-                   _NO_WORDS[np.dtype(np.uint32)], out.view(np.uint64), 0, np.uint64(0))
+    stripes = np.array([[0, 2, 1, 0, 2, 8, 5, 5, 0, 0]], np.int64)
+    _decode_stripes(work.stored, work.stored16, work.stored64, plan, stripes, np.zeros(1, np.uint64),
+                    np.zeros(0, np.int64), np.zeros(0, np.uint8), work.rows, work.bytes, work.own, work.freq,
+                    work.states, out, out.view(np.uint16), out.view(np.uint32), out.view(np.uint64), work.spare,
+                    work.spare16, work.spare32, work.spare64)
 
 
 class _Work:
@@ -270,7 +343,7 @@ class _Work:
         self.freq = np.empty(1 << 16, np.int64)
         self.states = np.empty(rans.WIDE_LANES, np.int64)
         self.resize(1 << 16)
-        self._aligned = np.empty(0, np.uint64)
+        self.spare_for(8)
 
     def resize(self, nbytes: int) -> None:
         """Room for ``nbytes`` of stored chunks, as bytes and as 16- and 64-bit words."""
@@ -278,20 +351,23 @@ class _Work:
         self.stored = self.stored64.view(np.uint8)
         self.stored16 = self.stored64.view(np.uint16)
 
-    def aligned(self, nbytes: int) -> np.ndarray:
-        """An 8-aligned buffer of ``nbytes`` (a stripe whose place in the output is not aligned)."""
-        if self._aligned.size * 8 < nbytes:
-            self._aligned = np.empty(-(-nbytes // 8), np.uint64)
-        return self._aligned.view(np.uint8)[:nbytes]
+    def spare_for(self, nbytes: int) -> None:
+        """Room for a stripe of ``nbytes`` whose place in the output is not 8-byte aligned, with its views."""
+        self.spare64 = np.empty(-(-nbytes // 8), np.uint64)
+        self.spare, self.spare16, self.spare32 = (self.spare64.view(t) for t in (np.uint8, np.uint16, np.uint32))
 
 
 class _Workers(threading.local):
-    def get(self, step: int, stored: int) -> _Work:
+    def get(self, step: int, stored: int, spare: int) -> _Work:
+        """This thread's buffers, with rows of ``step`` symbols, room for ``stored`` bytes of chunks and a
+        spare stripe of ``spare`` bytes at least."""
         work = self.__dict__.get("work")
         if work is None or work.step < step:
             work = self.__dict__["work"] = _Work(step)
         if work.stored.size < stored:
             work.resize(stored)
+        if work.spare.size < spare:
+            work.spare_for(spare)
         return work
 
 
