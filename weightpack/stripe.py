@@ -66,41 +66,31 @@ BAD_TABLE = 16  # + the table parser's error (entropy._TABLE_ERRORS)
 def _decode_stripes(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray, plan: np.ndarray,
                     stripes: np.ndarray, expected: np.ndarray, shared: np.ndarray, tables: np.ndarray, rows: np.ndarray,
                     bytes_: np.ndarray, own: np.ndarray, freq: np.ndarray, states: np.ndarray, out: np.ndarray,
-                    out16: np.ndarray, out32: np.ndarray, out64: np.ndarray, spare: np.ndarray, spare16: np.ndarray,
-                    spare32: np.ndarray, spare64: np.ndarray) -> int:
+                    out16: np.ndarray, out32: np.ndarray, out64: np.ndarray) -> int:
     """Decode a run of stripes into ``out`` (uint8, seen as words ``out16``, ``out32``, ``out64``); 0 if
     every check passed, else ``stripe << 16 | problem << 8 | plane``.
 
     ``stripes``: a row per stripe (its first row of ``plan``, its planes, elements, byte offset in ``out``,
     the five ``layout`` fields of ``_decode_stripe``, and its hash's seed), ``expected`` its XXH64; ``plan``: a row per
-    plane of each stripe. A stripe whose place in ``out`` is not 8-byte aligned (after an odd-sized
-    tensor), or that ends in ``out``'s last 7 bytes, which its word views do not hold, is decoded into
-    ``spare`` (with its word views) and copied. The rest: ``_decode_stripe``.
+    plane of each stripe. Every stripe must lie where the word views reach (``decode_run`` sees to it):
+    one that does not is refused, never written. The rest: ``_decode_stripe``.
     """
     for s in range(stripes.shape[0]):
         first, planes, n, at, itemsize = stripes[s, 0], stripes[s, 1], stripes[s, 2], stripes[s, 3], stripes[s, 4]
         nbytes = n * itemsize
-        if n > rows.shape[1] or planes > rows.shape[0] or at + nbytes > out.size or nbytes > spare.size:
-            return s << 16 | NO_ROOM << 8  # the caller's buffers are too small: never written past
-        aligned = at % 8 == 0 and at + nbytes <= out64.size * 8  # the word views hold all of it
-        if aligned:
-            target, words16, words32, words64 = (out[at:at + nbytes], out16[at // 2:(at + nbytes) // 2],
-                                                 out32[at // 4:(at + nbytes) // 4], out64[at // 8:(at + nbytes) // 8])
-        else:
-            target, words16, words32, words64 = (spare[:nbytes], spare16[:nbytes // 2], spare32[:nbytes // 4],
-                                                 spare64[:nbytes // 8])
+        if (n > rows.shape[1] or planes > rows.shape[0] or at % 8 != 0 or at + nbytes > out.size
+                or at + nbytes > out64.size * 8):
+            return s << 16 | NO_ROOM << 8  # not where its word views can reach: never written
         problem = _decode_stripe(stored, stored16, stored64, plan[first:first + planes], n, shared, tables, rows,
-                                 bytes_, own, freq, states, stripes[s, 4:9], target, words16, words32, words64,
-                                 stripes[s, 9], expected[s])
+                                 bytes_, own, freq, states, stripes[s, 4:9], out[at:at + nbytes],
+                                 out16[at // 2:(at + nbytes) // 2], out32[at // 4:(at + nbytes) // 4],
+                                 out64[at // 8:(at + nbytes) // 8], stripes[s, 9], expected[s])
         if problem:
             return s << 16 | problem
-        if not aligned:
-            for i in range(nbytes):
-                out[at + i] = spare[i]
     return 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _decode_stripe(stored: np.ndarray, stored16: np.ndarray, stored64: np.ndarray, plan: np.ndarray, n: int,
                    shared: np.ndarray, tables: np.ndarray, rows: np.ndarray, bytes_: np.ndarray, own: np.ndarray,
                    freq: np.ndarray, states: np.ndarray, layout: np.ndarray, out: np.ndarray, out16: np.ndarray,
@@ -262,7 +252,31 @@ def decode_run(stripes: list[tuple[Stripe, int]], out: np.ndarray) -> None:
     archive of the first one. IntegrityError or FormatError naming the tensor and the chunk if anything
     does not check out.
 
-    The Python here is what every stripe costs on top of the kernel, holding the GIL: what many threads
+    The kernel writes a stripe through word views of ``out``; a stripe they cannot reach (at a place not
+    8-byte aligned, after an odd-sized tensor, or ending in ``out``'s last bytes, which its 64-bit view
+    does not hold) is decoded aside, into an aligned buffer, and copied: a call of its own.
+    """
+    start = out.__array_interface__["data"][0]
+    reach = out.size - (start + out.size) % 8
+    direct, aside = [], []
+    for stripe, at in stripes:
+        if (start + at) % 8 or at + stripe.n * stripe.decoder.itemsize > reach:
+            aside.append((stripe, at))
+        else:
+            direct.append((stripe, at))
+    if direct:
+        _decode_reachable(direct, out)
+    for stripe, at in aside:
+        nbytes = stripe.n * stripe.decoder.itemsize
+        spare = _WORK.get(stripe.n, 0, nbytes).spare[:-(-nbytes // 8) * 8]
+        _decode_reachable([(stripe, 0)], spare)
+        out[at:at + nbytes] = spare[:nbytes]
+
+
+def _decode_reachable(stripes: list[tuple[Stripe, int]], out: np.ndarray) -> None:
+    """``decode_run`` of stripes that all lie where ``out``'s word views reach (``out`` 8-byte aligned).
+
+    The Python here is what every run costs on top of the kernel, holding the GIL: what many threads
     would wait on. Keep it lean.
     """
     plan, rows, expected, pieces, tables, chunks, shared, shared_at = [], [], [], [], [], [], [], {}
@@ -301,16 +315,16 @@ def decode_run(stripes: list[tuple[Stripe, int]], out: np.ndarray) -> None:
             stripe_chunks.append(c)
             at += -(-c.size // 8) * 8
         chunks.append(stripe_chunks)
-    work = _WORK.get(longest, at, longest * 8)  # a spare stripe of the widest dtype
+    work = _WORK.get(longest, at, 0)
     stored = work.stored
     stripes[0][0].decoder.read_into([(offset, stored[start:start + size]) for offset, size, start in pieces])
-    whole = out[:out.size - out.size % 8]  # the word views of ``out`` (the kernel checks each stripe's alignment)
+    whole = out[:out.size - out.size % 8]  # for its word views
     problem = _decode_stripes(stored, work.stored16, work.stored64, np.array(plan, np.int64).reshape(-1, 7),
                               np.array(rows, np.int64), np.array(expected, np.uint64),
                               shared[0] if len(shared) == 1 else np.concatenate(shared),
                               np.frombuffer(bytearray(b"".join(tables)), np.uint8), work.rows, work.bytes, work.own,
                               work.freq, work.states, out, whole.view(np.uint16), whole.view(np.uint32),
-                              whole.view(np.uint64), work.spare, work.spare16, work.spare32, work.spare64)
+                              whole.view(np.uint64))
     if problem:
         s, plane = problem >> 16, problem & 0xFF
         stripe = stripes[s][0]
@@ -327,8 +341,7 @@ def warm_up() -> None:
     stripes = np.array([[0, 2, 1, 0, 2, 8, 5, 5, 0, 0]], np.int64)
     _decode_stripes(work.stored, work.stored16, work.stored64, plan, stripes, np.zeros(1, np.uint64),
                     np.zeros(0, np.int64), np.zeros(0, np.uint8), work.rows, work.bytes, work.own, work.freq,
-                    work.states, out, out.view(np.uint16), out.view(np.uint32), out.view(np.uint64), work.spare,
-                    work.spare16, work.spare32, work.spare64)
+                    work.states, out, out.view(np.uint16), out.view(np.uint32), out.view(np.uint64))
 
 
 class _Work:
@@ -343,7 +356,7 @@ class _Work:
         self.freq = np.empty(1 << 16, np.int64)
         self.states = np.empty(rans.WIDE_LANES, np.int64)
         self.resize(1 << 16)
-        self.spare_for(8)
+        self.spare = np.empty(0, np.uint8)
 
     def resize(self, nbytes: int) -> None:
         """Room for ``nbytes`` of stored chunks, as bytes and as 16- and 64-bit words."""
@@ -351,10 +364,6 @@ class _Work:
         self.stored = self.stored64.view(np.uint8)
         self.stored16 = self.stored64.view(np.uint16)
 
-    def spare_for(self, nbytes: int) -> None:
-        """Room for a stripe of ``nbytes`` whose place in the output is not 8-byte aligned, with its views."""
-        self.spare64 = np.empty(-(-nbytes // 8), np.uint64)
-        self.spare, self.spare16, self.spare32 = (self.spare64.view(t) for t in (np.uint8, np.uint16, np.uint32))
 
 
 class _Workers(threading.local):
@@ -366,8 +375,8 @@ class _Workers(threading.local):
             work = self.__dict__["work"] = _Work(step)
         if work.stored.size < stored:
             work.resize(stored)
-        if work.spare.size < spare:
-            work.spare_for(spare)
+        if work.spare.size < spare:  # 8-byte aligned, whole words: a stripe decoded aside (``decode_run``)
+            work.spare = np.empty(-(-spare // 8), np.uint64).view(np.uint8)
         return work
 
 
