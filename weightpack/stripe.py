@@ -256,11 +256,10 @@ def decode_run(stripes: list[tuple[Stripe, int]], out: np.ndarray) -> None:
     8-byte aligned, after an odd-sized tensor, or ending in ``out``'s last bytes, which its 64-bit view
     does not hold) is decoded aside, into an aligned buffer, and copied: a call of its own.
     """
-    start = out.__array_interface__["data"][0]
-    reach = out.size - (start + out.size) % 8
+    aligned, reach = out.__array_interface__["data"][0] % 8 == 0, out.size - out.size % 8  # where its views end
     direct, aside = [], []
     for stripe, at in stripes:
-        if (start + at) % 8 or at + stripe.n * stripe.decoder.itemsize > reach:
+        if not aligned or at % 8 or at + stripe.n * stripe.decoder.itemsize > reach:
             aside.append((stripe, at))
         else:
             direct.append((stripe, at))
