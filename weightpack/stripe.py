@@ -215,21 +215,22 @@ class StripeDecoder:
         return self._shared
 
     def problem(self, problem: int, chunk: Chunk | None, k: int) -> WeightpackError:
-        """The error for what the kernel found in stripe ``k`` (``chunk``: the plane's chunk it was in)."""
-        where = self.where
-        if problem == BAD_STRIPE:
-            return IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
-        if problem == BAD_CHECKSUM:
-            return IntegrityError(f"{where}: checksum mismatch in chunk at offset {chunk.offset}")
-        if problem == BAD_STREAM:
-            return IntegrityError(f"{where}: rANS chunk at offset {chunk.offset} is inconsistent")
-        if problem == BAD_RAW_SIZE:
-            return FormatError(f"{where}: raw chunk at offset {chunk.offset} has the wrong size")
-        if problem == MISSING_TABLE:
-            return FormatError(f"{where}: chunk at offset {chunk.offset} uses a table the plane lacks")
-        if problem == NO_ROOM:
-            return WeightpackError(f"{where}: stripe {k} does not fit the decoder's buffers (a weightpack bug)")
-        return FormatError(f"{where}: frequency table {_TABLE_ERRORS[problem - BAD_TABLE]}")
+        """The error for what the kernel found in stripe ``k`` (``chunk``: the plane's chunk it was in):
+        the words of the plane-by-plane decoder (``codec.PlaneDecoder``) for the same finding."""
+        if problem >= BAD_TABLE:
+            return FormatError(f"{self.where}: frequency table {_TABLE_ERRORS[problem - BAD_TABLE]}")
+        error, text = _PROBLEMS[problem]
+        return error(f"{self.where}: " + text.format(k=k, offset=chunk.offset if chunk else None))
+
+
+_PROBLEMS = {  # what the kernel reports -> the error raised, and its words
+    BAD_STRIPE: (IntegrityError, "stripe {k} does not match its recorded checksum"),
+    BAD_CHECKSUM: (IntegrityError, "checksum mismatch in chunk at offset {offset}"),
+    BAD_STREAM: (IntegrityError, "rANS chunk at offset {offset} is inconsistent"),
+    BAD_RAW_SIZE: (FormatError, "raw chunk at offset {offset} has the wrong size"),
+    MISSING_TABLE: (FormatError, "chunk at offset {offset} uses a table the plane lacks"),
+    NO_ROOM: (WeightpackError, "stripe {k} does not fit the decoder's buffers (a weightpack bug)"),
+}
 
 
 class Stripe:
