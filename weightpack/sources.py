@@ -24,45 +24,33 @@ from .safetensors_layout import TensorEntry, read_layout
 def read_exact(fd: int, offset: int, size: int) -> np.ndarray:
     """``size`` bytes at ``offset`` (thread-safe, no shared file position); FormatError if the file is short."""
     buf = np.empty(size, np.uint8)
-    view, done = memoryview(buf), 0
-    while done < size:
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise FormatError("file is shorter than its header says (truncated?)")
-        done += n
+    _preadv_exact(fd, [memoryview(buf)] if size else [], offset)
     return buf
 
 
 def read_exact_into(fd: int, pieces: list[tuple[int, np.ndarray]]) -> None:
     """Fill each ``(offset, destination)`` piece from the file, one ``preadv`` per run of pieces that lie
-    back to back; FormatError if the file is short."""
-    first, length = pieces[0][0] if pieces else 0, 0
-    for offset, out in pieces:  # the usual case, a stripe's chunks lying back to back: one preadv at once
-        if offset != first + length:
-            break
-        length += out.size
-    else:
-        return _preadv_exact(fd, [memoryview(out) for _, out in pieces if out.size], first)
+    back to back (a run of stripes' chunks: usually all of them); FormatError if the file is short."""
     run: list[memoryview] = []
     start = end = 0
-    for offset, out in [*pieces, (-1, None)]:
-        if out is not None and not out.size:
+    for offset, out in pieces:
+        if not out.size:
             continue
         if run and offset != end:
             _preadv_exact(fd, run, start)
             run = []
-        if out is None:
-            break
         if not run:
             start = end = offset
         run.append(memoryview(out))
         end += out.size
+    _preadv_exact(fd, run, start)
 
 
 _IOV_MAX = 1024  # buffers one preadv takes at most (Linux's IOV_MAX)
 
 
 def _preadv_exact(fd: int, views: list[memoryview], offset: int) -> None:
+    """Fill ``views`` from the file's bytes at ``offset`` on, resuming after short reads."""
     while views:
         n = os.preadv(fd, views[:_IOV_MAX], offset)
         if n == 0:

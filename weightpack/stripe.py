@@ -365,7 +365,6 @@ class _Work:
         self.stored16 = self.stored64.view(np.uint16)
 
 
-
 class _Workers(threading.local):
     def get(self, step: int, stored: int, spare: int) -> _Work:
         """This thread's buffers, with rows of ``step`` symbols, room for ``stored`` bytes of chunks and a

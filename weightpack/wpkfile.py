@@ -480,7 +480,7 @@ class ArchiveReader:
 
     def read_into(self, pieces: list[tuple[int, np.ndarray]]) -> None:
         """Read each ``(offset, destination)`` piece of the archive (chunks validated by the index); pieces
-        that lie back to back (a stripe's chunks) are read by one ``preadv``."""
+        that lie back to back (a run of stripes' chunks) are read by one ``preadv``."""
         if self._available is not None and pieces:
             self._available(max(offset + out.size for offset, out in pieces))
         read_exact_into(self._file.fileno(), pieces)
