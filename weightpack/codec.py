@@ -44,7 +44,7 @@ from .container import (
     unzstd,
 )
 from .entropy import FrequencyTable, count_chunks, entropy_bits, histogram
-from .errors import FormatError, IntegrityError
+from .errors import FormatError, damage
 from .parallel import ordered_map, submit
 
 CHUNK_SYMBOLS = 1 << 18
@@ -313,13 +313,13 @@ class PlaneDecoder:
         info = self.plane.chunks[k]
         data = read(info.offset, info.size)
         if chunk_checksum(data) != info.checksum:
-            raise IntegrityError(f"{self.where}: checksum mismatch in chunk at offset {info.offset}")
+            raise damage("checksum", self.where, info.offset)
         if self.plane.codec == CODEC_ZSTD:
             out[:] = np.frombuffer(unzstd(data, out.size, f"{self.where}: zstd chunk"), np.uint8)
         elif self.plane.codec == CODEC_RAW or info.mode == CHUNK_RAW:
             if self.plane.bits == 8:
                 if data.size != out.size:
-                    raise FormatError(f"{self.where}: raw chunk at offset {info.offset} has the wrong size")
+                    raise damage("raw size", self.where, info.offset)
                 return data
             self._raw(data, out, info.offset)
         else:
@@ -327,13 +327,13 @@ class PlaneDecoder:
                 table = self._table(info.table)
                 precision, entries = table.precision, table.decoder_entries()
             elif self.shared is None:
-                raise FormatError(f"{self.where}: chunk at offset {info.offset} uses a table the plane lacks")
+                raise damage("no table", self.where, info.offset)
             else:
                 precision, entries = self.shared.precision, self.shared_entries()
             if not rans.decode(data, precision, entries, out):
-                raise IntegrityError(f"{self.where}: rANS chunk at offset {info.offset} is inconsistent")
+                raise damage("stream", self.where, info.offset)
         return out
 
     def _raw(self, data: np.ndarray, out: np.ndarray, offset: int) -> None:
         if not bitpack.unpack_into(data, self.plane.bits, out):  # masks each symbol to the plane's width
-            raise FormatError(f"{self.where}: raw chunk at offset {offset} has the wrong size")
+            raise damage("raw size", self.where, offset)

@@ -31,6 +31,28 @@ class OutputExistsError(WeightpackError):
     """The destination exists and overwriting was not asked for."""
 
 
+# The words for a damaged chunk or stripe, wherever it is found: decoding plane by plane (``codec``), in the
+# stripe kernel (``stripe``), on the GPU (``gpu``), or in a restored stripe's check (``wpkfile``). One table,
+# so that a damaged archive reads the same whichever decoder met it (the hostile-input tests pin them).
+_DAMAGE: dict[str, tuple[type[WeightpackError], str]] = {
+    "checksum": (IntegrityError, "checksum mismatch in chunk at offset {offset}"),
+    "stream": (IntegrityError, "rANS chunk at offset {offset} is inconsistent"),
+    "raw size": (FormatError, "raw chunk at offset {offset} has the wrong size"),
+    "no table": (FormatError, "chunk at offset {offset} uses a table the plane lacks"),
+    "stripe": (IntegrityError, "stripe {k} does not match its recorded checksum"),
+}
+
+
+def damage_words(kind: str, where: str, offset: int | None = None, k: int | None = None) -> str:
+    """The message for damage of ``kind`` (a ``_DAMAGE`` key) to the chunk at ``offset`` / stripe ``k`` of ``where``."""
+    return f"{where}: " + _DAMAGE[kind][1].format(offset=offset, k=k)
+
+
+def damage(kind: str, where: str, offset: int | None = None, k: int | None = None) -> WeightpackError:
+    """The error to raise for that damage (``damage_words`` its message)."""
+    return _DAMAGE[kind][0](damage_words(kind, where, offset, k))
+
+
 @contextmanager
 def about(path: str | os.PathLike) -> Iterator[None]:
     """Make every failure inside name ``path``: one line a user can act on."""

@@ -42,7 +42,7 @@ from .container import (
 )
 from .dtypes import DTYPES, TOP_MANTISSA_BITS, itemsize
 from .entropy import FrequencyTable
-from .errors import FormatError, IntegrityError, WeightpackError
+from .errors import FormatError, IntegrityError, WeightpackError, damage, damage_words
 from .wpkfile import ArchiveReader
 
 BATCH_BYTES = 1 << 28  # output bytes decoded per batch (two batches are in memory at a time)
@@ -120,18 +120,18 @@ def _plan(segments: list[Segment]) -> _Plan:
                 dst = first + k * seg.stripe
                 if plane.codec == CODEC_RAW or chunk.mode == CHUNK_RAW:
                     plan.raw.append((chunk.offset - plan.lo, chunk.size, n, dst, plane.bits, 0))
-                    raw_where.append(f"{where}: raw chunk at offset {chunk.offset} has the wrong size")
+                    raw_where.append(damage_words("raw size", where, chunk.offset))
                     continue
                 if chunk.mode == CHUNK_OWN:
                     table = _table(chunk.table, plane.bits, where)
                 elif not plane.params:
-                    raise FormatError(f"{where}: chunk at offset {chunk.offset} uses a table the plane lacks")
+                    raise damage("no table", where, chunk.offset)
                 else:
                     shared = shared or _table(plane.params, plane.bits, where)
                     table = shared
                 plan.entries.append(table.decoder_entries())
                 plan.rans.append((chunk.offset - plan.lo, chunk.size, n, dst, n_entries, table.precision))
-                plan.where.append(f"{where}: rANS chunk at offset {chunk.offset} is inconsistent")
+                plan.where.append(damage_words("stream", where, chunk.offset))
                 n_entries += plan.entries[-1].size
     plan.where += raw_where
     return plan
@@ -176,7 +176,7 @@ class _Stripes:
             self.length.append(min(seg.stripe, seg.count - k * seg.stripe) * size)
             self.seed.append(seg.start + k * seg.stripe * size)
             self.expected.append(expected)
-            self.where.append(f"tensor {seg.name!r}: stripe {k} does not match its recorded checksum")
+            self.where.append(damage_words("stripe", f"tensor {seg.name!r}", k=k))
 
     def launch(self, cuda, out, stream) -> Check:
         from . import rans_cuda

@@ -39,7 +39,7 @@ from .codec import PlaneDecoder
 from .container import CHUNK_OWN, CHUNK_RAW, CODEC_CONST, CODEC_RAW, KIND_TENSOR, REF_NONE, Chunk, Segment
 from .dtypes import DTYPES, TOP_MANTISSA_BITS
 from .entropy import _TABLE_ERRORS, _fill_decoder_entries, _parse_table
-from .errors import FormatError, IntegrityError, WeightpackError
+from .errors import FormatError, WeightpackError, damage
 from .jit import njit
 from .planes import _merge_float
 
@@ -215,22 +215,17 @@ class StripeDecoder:
         return self._shared
 
     def problem(self, problem: int, chunk: Chunk | None, k: int) -> WeightpackError:
-        """The error for what the kernel found in stripe ``k`` (``chunk``: the plane's chunk it was in):
-        the words of the plane-by-plane decoder (``codec.PlaneDecoder``) for the same finding."""
+        """The error for what the kernel found in stripe ``k`` (``chunk``: the plane's chunk it was in): the
+        words every decoder uses for the same finding (``errors.damage``)."""
         if problem >= BAD_TABLE:
             return FormatError(f"{self.where}: frequency table {_TABLE_ERRORS[problem - BAD_TABLE]}")
-        error, text = _PROBLEMS[problem]
-        return error(f"{self.where}: " + text.format(k=k, offset=chunk.offset if chunk else None))
+        if problem == NO_ROOM:
+            return WeightpackError(f"{self.where}: stripe {k} does not fit the decoder's buffers (a weightpack bug)")
+        return damage(_DAMAGE_OF[problem], self.where, chunk.offset if chunk else None, k)
 
 
-_PROBLEMS = {  # what the kernel reports -> the error raised, and its words
-    BAD_STRIPE: (IntegrityError, "stripe {k} does not match its recorded checksum"),
-    BAD_CHECKSUM: (IntegrityError, "checksum mismatch in chunk at offset {offset}"),
-    BAD_STREAM: (IntegrityError, "rANS chunk at offset {offset} is inconsistent"),
-    BAD_RAW_SIZE: (FormatError, "raw chunk at offset {offset} has the wrong size"),
-    MISSING_TABLE: (FormatError, "chunk at offset {offset} uses a table the plane lacks"),
-    NO_ROOM: (WeightpackError, "stripe {k} does not fit the decoder's buffers (a weightpack bug)"),
-}
+_DAMAGE_OF = {BAD_STRIPE: "stripe", BAD_CHECKSUM: "checksum", BAD_STREAM: "stream", BAD_RAW_SIZE: "raw size",
+              MISSING_TABLE: "no table"}  # what the kernel reports -> its words (``errors.damage``)
 
 
 class Stripe:

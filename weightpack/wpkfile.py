@@ -45,7 +45,7 @@ from .container import (
     write_preamble,
 )
 from .entropy import entropy_bits, histogram
-from .errors import FormatError, IntegrityError, WeightpackError
+from .errors import FormatError, IntegrityError, WeightpackError, damage
 from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
 from .sources import BaseSet, Dedup, Stored, read_exact, read_exact_into
@@ -559,7 +559,7 @@ class ArchiveReader:
                 if word_sub:
                     out[:] = codec.undo_word_difference(out, reference, size)
             if stripe_hash(out, seg.start + k * step * size) != seg.hashes[k]:
-                raise IntegrityError(f"{where}: stripe {k} does not match its recorded checksum")
+                raise damage("stripe", where, k=k)
         return [(k, n, functools.partial(fill, k, n)) for k, n in sizes]
 
     def segment_bytes(self, seg: Segment, first: int = 0, end: int | None = None,
