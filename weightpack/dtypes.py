@@ -57,12 +57,20 @@ def itemsize(dtype: str) -> int:
 TOP_MANTISSA_BITS = 2
 
 
+def fields(dtype: str) -> tuple[int, int, int, int, int]:
+    """Where a word's planes lie, as the split, merge and decode kernels take it: ``(itemsize, exponent
+    bits, rest, rest % 8, rest // 8)``, ``rest`` being the mantissa bits below the ``TOP_MANTISSA_BITS``
+    coded with the exponent: ``rest % 8`` of them lie under the sign, ``rest // 8`` whole bytes are planes
+    of their own. ``(itemsize, 0, 0, 0, 0)`` for an integer or bool dtype (a plane per byte)."""
+    size, (_, ebits, mbits) = itemsize(dtype), DTYPES[dtype]
+    rest = mbits - TOP_MANTISSA_BITS if ebits else 0
+    return size, ebits, rest, rest % 8, rest // 8
+
+
 def layout(dtype: str) -> list[Plane]:
     """The planes a tensor of ``dtype`` is split into, in storage order."""
-    itemsize(dtype)
-    size, ebits, mbits = DTYPES[dtype]
+    size, ebits, _, low_bits, low_bytes = fields(dtype)
     if ebits == 0:
         return [Plane(f"byte_{k}", 8) for k in range(size - 1, -1, -1)]
-    rest = mbits - TOP_MANTISSA_BITS
-    return ([Plane("exponent_top", ebits + TOP_MANTISSA_BITS), Plane("sign_mantissa", 1 + rest % 8)]
-            + [Plane(f"mantissa_{k}", 8) for k in range(rest // 8 - 1, -1, -1)])
+    return ([Plane("exponent_top", ebits + TOP_MANTISSA_BITS), Plane("sign_mantissa", 1 + low_bits)]
+            + [Plane(f"mantissa_{k}", 8) for k in range(low_bytes - 1, -1, -1)])

@@ -40,7 +40,7 @@ from .container import (
     TRANSFORM_NONE,
     Segment,
 )
-from .dtypes import DTYPES, TOP_MANTISSA_BITS, itemsize
+from .dtypes import fields, itemsize
 from .entropy import FrequencyTable
 from .errors import FormatError, IntegrityError, WeightpackError, damage, damage_words
 from .wpkfile import ArchiveReader
@@ -98,8 +98,7 @@ def _plan(segments: list[Segment]) -> _Plan:
     raw_where = []
     for seg in segments:
         plan.out_at[seg.name] = plan.out_bytes
-        size, ebits, mbits = DTYPES[seg.dtype]
-        rest = mbits - TOP_MANTISSA_BITS if ebits else 0
+        size, ebits, rest, _, _ = fields(seg.dtype)
         plan.merge.append((plan.out_bytes, seg.count, len(plan.plane_start), size, ebits, rest))
         plan.out_bytes += -(-seg.length // ALIGN) * ALIGN
         for j, plane in enumerate(seg.planes):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dtypes import DTYPES, TOP_MANTISSA_BITS, layout
+from .dtypes import DTYPES, TOP_MANTISSA_BITS, fields, layout
 from .jit import njit
 
 
@@ -77,15 +77,14 @@ def split(data: np.ndarray, dtype: str) -> list[np.ndarray]:
 
 def split_into(data: np.ndarray, dtype: str, outs: list[np.ndarray]) -> None:
     """``split`` writing into ``outs`` (one array per plane, of the planes' dtypes and element count)."""
-    size, ebits, mbits = DTYPES[dtype]
+    size, ebits, rest, low_bits, _ = fields(dtype)
     columns = data.reshape(-1, size)
     if ebits == 0:
         for k, out in zip(range(size - 1, -1, -1), outs):
             out[:] = columns[:, k]
         return
-    rest = mbits - TOP_MANTISSA_BITS
     head, sign_mantissa, *low = outs
-    _split_float(_words(data, size), rest, ebits + TOP_MANTISSA_BITS, rest % 8, head, sign_mantissa,
+    _split_float(_words(data, size), rest, ebits + TOP_MANTISSA_BITS, low_bits, head, sign_mantissa,
                  tuple(low) or _NO_LOWS, len(low))
 
 
@@ -98,13 +97,12 @@ def merge(planes: list[np.ndarray], dtype: str) -> np.ndarray:
 
 def merge_into(planes: list[np.ndarray], dtype: str, out: np.ndarray) -> None:
     """``merge`` writing into ``out`` (uint8, the planes' element count times the itemsize)."""
-    size, ebits, mbits = DTYPES[dtype]
+    size, ebits, rest, low_bits, _ = fields(dtype)
     columns = out.reshape(-1, size)
     if ebits == 0:
         for k, byte in zip(range(size - 1, -1, -1), planes):
             columns[:, k] = byte
         return
-    rest = mbits - TOP_MANTISSA_BITS
     head, sign_mantissa, *low = planes
-    _merge_float(head, sign_mantissa, tuple(low) or _NO_LOWS, len(low), rest, rest % 8,
+    _merge_float(head, sign_mantissa, tuple(low) or _NO_LOWS, len(low), rest, low_bits,
                  out.view(np.dtype(f"<u{size}")))

@@ -37,7 +37,7 @@ from .bitpack import unpack_chunk
 from .checksum import _xxh64
 from .codec import PlaneDecoder
 from .container import CHUNK_OWN, CHUNK_RAW, CODEC_CONST, CODEC_RAW, KIND_TENSOR, REF_NONE, Chunk, Segment
-from .dtypes import DTYPES, TOP_MANTISSA_BITS
+from .dtypes import DTYPES, fields
 from .entropy import _TABLE_ERRORS, _fill_decoder_entries, _parse_table
 from .errors import FormatError, WeightpackError, damage
 from .jit import njit
@@ -189,10 +189,8 @@ class StripeDecoder:
 
     def __init__(self, seg: Segment, decoders: list[PlaneDecoder], where: str, read_into: ReadInto) -> None:
         self.seg, self.decoders, self.where, self.read_into = seg, decoders, where, read_into
-        size, ebits, mbits = DTYPES[seg.dtype]
-        rest = mbits - TOP_MANTISSA_BITS if ebits else 0
-        self.layout = (size, ebits, rest, rest % 8, rest // 8)
-        self.itemsize = size
+        self.layout = fields(seg.dtype)
+        self.itemsize = self.layout[0]
         at, self.table_at = 0, []  # each plane's table's place in ``shared_tables()``
         for d in decoders:
             self.table_at.append(at)
