@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +183,23 @@ def test_a_reservation_that_fails_names_the_file_and_an_upper_bound_the_disk_lac
         assert out.stat().st_size == 0
         preallocate(f.fileno(), 4096, required=False)
     assert out.stat().st_size in (0, 4096)  # 0 where the file system cannot reserve
+
+
+def test_in_memory_an_output_is_not_reserved_but_its_room_is_checked() -> None:
+    """On tmpfs reserving would allocate and zero every page before any work starts (the writes do that
+    anyway, beside the work): nothing is reserved there, but an output larger than the room left is still
+    refused before anything is written, naming the output."""
+    shm = Path("/dev/shm")
+    if atomic._FALLOCATE is None or not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no fallocate or no writable /dev/shm here")
+    with tempfile.NamedTemporaryFile(dir=shm) as f:
+        if not atomic._in_memory(f.fileno()):
+            pytest.skip("/dev/shm is not in memory here")
+        preallocate(f.fileno(), 1 << 24, name=f.name)
+        assert os.fstat(f.fileno()).st_blocks == 0  # no page allocated
+        with pytest.raises(OSError) as caught:
+            preallocate(f.fileno(), shutil.disk_usage(shm).free + (1 << 30), name=f.name)
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == f.name
 
 
 def test_a_replaced_output_is_freed_on_a_thread_and_leaves_no_descriptor_open(bf16_wpk: Path, bf16_file: Path,

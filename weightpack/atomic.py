@@ -44,6 +44,17 @@ def _linux_call(name: str, *argtypes: type) -> object:
 _SYNC_FILE_RANGE = _linux_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages back, without waiting
 _FALLOCATE = _linux_call("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_FSTATFS = _linux_call("fstatfs", ctypes.c_int, ctypes.c_void_p)
+# File systems in memory (``statfs``'s f_type): tmpfs (/dev/shm, /run, many containers' /tmp), ramfs, hugetlbfs.
+_IN_MEMORY = {0x01021994, 0x858458F6, 0x958458F6}
+
+
+def _in_memory(fd: int) -> bool:
+    """Whether the file open as ``fd`` lies in memory, where reserving is writing (see ``preallocate``)."""
+    if _FSTATFS is None:
+        return False
+    buf = ctypes.create_string_buffer(256)  # struct statfs (120 bytes on 64-bit Linux), f_type first
+    return _FSTATFS(fd, buf) == 0 and ctypes.c_long.from_buffer(buf).value in _IN_MEMORY
 
 
 def preallocate(fd: int, size: int, *, required: bool = True, name: str | os.PathLike | None = None) -> None:
@@ -58,12 +69,21 @@ def preallocate(fd: int, size: int, *, required: bool = True, name: str | os.Pat
     room for it, and a failure to reserve it is no error. A failed reservation is given back (ext4
     keeps what it could reserve). Not glibc's ``posix_fallocate``, which writes zeros where the file
     system cannot reserve: a no-op there. ``name``: the file errors name.
+
+    In memory (tmpfs) nothing is reserved, only the room checked: there, reserving allocates and zeroes
+    every page at once, a serial pass before any work starts that the writes then make anyway, beside
+    the work (MiniLM F32 on /dev/shm: ~40 ms of a 150-170 ms unpack, 10-13% of unpacks and packs).
     """
     if _FALLOCATE is None or size <= 0:
         return
-    if not required:
+    in_memory = _in_memory(fd)
+    if in_memory or not required:
         disk = os.fstatvfs(fd)
         if disk.f_bavail * disk.f_frsize < size:
+            if required:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+            return
+        if in_memory:
             return
     if _FALLOCATE(fd, 0, 0, size) != 0:
         err = ctypes.get_errno()
