@@ -109,16 +109,16 @@ def test_demo_names_each_step_while_it_runs(capsys: pytest.CaptureFixture) -> No
     assert "0/6 done, F32: warm-up round trip" in err and "5/6 done, F16: timed round trip" in err
 
 
-def test_the_demo_readies_the_decoder_in_a_second_process_while_it_packs() -> None:
-    """On a machine's first run that process compiles the decoder into numba's cache on the second core
-    while the first pack compiles the coding kernels (each process compiles on one core at a time); here,
-    with the cache warm, it loads it. It must succeed: a failure would leave the compiling to the unpack."""
-    from weightpack.demo import _DecoderBeside
+def test_a_first_pack_or_demo_readies_the_decoder_in_a_second_process() -> None:
+    """On a machine's first run that process compiles the decoder into numba's cache on a second core
+    while the first pack compiles the coding kernels (each process compiles on one core at a time), and
+    decoding waits for it; here, with the cache warm, it only loads it. It must succeed: a failure would
+    leave the compiling to the decoding, as before."""
+    from weightpack.compile_beside import DecoderBeside, decoder_ready
 
-    with _DecoderBeside() as beside:
-        process = beside._process
-        beside.wait()
-    assert process is not None and process.returncode == 0
+    with DecoderBeside() as beside:
+        decoder_ready()  # what unpacking and a pack's verification do first
+        assert beside.wait() == 0
 
 
 def test_demo_round_trips_every_dtype_byte_for_byte(capsys: pytest.CaptureFixture) -> None:

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from . import manifest
 from .atomic import atomic_output, preallocate
+from .compile_beside import decoder_ready
 from .container import (
     Index,
 )
@@ -119,6 +120,7 @@ def pack_archive(src: Path, tmp: Path, pool: ThreadPoolExecutor, verify: bool, p
             index = pack_stream(src, out, pool, progress, base, dedup, archive)
             out.truncate()  # where the archive ends: the rest of the reservation is given back
         if verify:  # every stripe decoded and checked against the XXH64 of the source's bytes
+            decoder_ready()
             with ArchiveReader(tmp, pool, base) as reader:
                 reader.restore(None)
     return index
@@ -234,6 +236,7 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
     """
     src = existing(src)
     dst = destination(src, dst, packing=False)
+    decoder_ready()
     with workers(threads, base) as (pool, base_set):
         if src.is_file():
             with open_archive(src, pool, base_set) as reader, \

@@ -76,6 +76,7 @@ def _summary(args: argparse.Namespace, run: Callable[[], cluster.Summary], verb:
 
 def _pack(args: argparse.Namespace) -> dict:
     from . import api
+    from .compile_beside import DecoderBeside
 
     if _many(args):
         from . import cluster
@@ -84,9 +85,11 @@ def _pack(args: argparse.Namespace) -> dict:
             args.src, args.output, address=args.cluster, overwrite=args.force, threads=args.threads,
             verify=not args.no_verify, progress=args.progress, base=args.base), "packed")
     args.src = args.src[0]
-    return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
-                                            verify=not args.no_verify, progress=args.progress, base=args.base),
-                     "packed")
+    # A new machine's first pack compiles the coding kernels, then the decoder to verify: the decoder beside
+    with (None if args.no_verify else DecoderBeside.if_cold()) or contextlib.nullcontext():
+        return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
+                                                verify=not args.no_verify, progress=args.progress, base=args.base),
+                         "packed")
 
 
 def _unpack(args: argparse.Namespace) -> dict:

@@ -6,16 +6,16 @@ restored file is byte-identical (sha256) to the original.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from . import api, minilm
+from .compile_beside import DecoderBeside
 from .describe import info
 
 TIMED_RUNS = 3
@@ -38,13 +38,13 @@ def run_demo(threads: int | None = None, quiet: bool = False, progress: bool = F
     """
     rows, warm_up_s = [], 0.0
     with tempfile.TemporaryDirectory(prefix="weightpack-demo-") as tmp, _Steps(progress) as step, \
-            _DecoderBeside() as decoder:
+            DecoderBeside.if_cold() or contextlib.nullcontext():
         for dtype in minilm.DTYPES:
             src = minilm.write_variant(Path(tmp) / dtype, dtype)
             checkpoint = src / minilm.CHECKPOINT
             step(f"{dtype}: warm-up round trip (compiles the kernels on a machine's first run)")
             start = time.perf_counter()
-            _remove(*_round_trip(src, Path(tmp) / f"{dtype}-warm-up", threads, decoder.wait)[:2])
+            _remove(*_round_trip(src, Path(tmp) / f"{dtype}-warm-up", threads)[:2])
             warm_up_s += time.perf_counter() - start
             step(f"{dtype}: timed round trips")
             times = []
@@ -79,36 +79,6 @@ def run_demo(threads: int | None = None, quiet: bool = False, progress: bool = F
               "go below it). benchmarks/RESULTS.md also quotes the classic order-0 limit of whole-byte planes.")
     return {"model": "all-MiniLM-L6-v2", "warm_up_seconds": warm_up_s, "results": rows,
             "ok": all(r["identical"] for r in rows)}
-
-
-class _DecoderBeside:
-    """The decoder's kernels loaded, or on a machine's first run compiled, by a second process while this
-    one packs the first model: numba compiles under one lock per process, so the demo's first pack
-    (~14 s of compiling here) and first unpack (~17 s) took one core after the other. Both processes
-    write numba's on-disk cache, where this one then finds the decoder (a first demo: 42 -> ~28 s on two
-    cores). ``wait`` before the first unpack (which would otherwise compile the decoder a second time);
-    if the other process failed, this one compiles it as usual. With a warm cache it only loads the
-    kernels (~1 s), before any run is timed."""
-
-    def __enter__(self) -> _DecoderBeside:
-        code = "from weightpack.wpkfile import warm_up_decoder; warm_up_decoder()"
-        try:
-            self._process: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
-        except OSError:  # no second process here: the first unpack compiles the decoder itself
-            self._process = None
-        return self
-
-    def wait(self) -> None:
-        if self._process is not None:
-            self._process.wait()
-            self._process = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:  # the demo failed or was interrupted before its first unpack
-            self._process.kill()
-            self._process.wait()
 
 
 class _Steps:
@@ -146,13 +116,11 @@ def _remove(*folders: Path) -> None:
         shutil.rmtree(folder)
 
 
-def _round_trip(src: Path, into: Path, threads: int | None,
-                before_unpack: Callable[[], None] = lambda: None) -> tuple[Path, Path, float, float]:
+def _round_trip(src: Path, into: Path, threads: int | None) -> tuple[Path, Path, float, float]:
     """Pack folder ``src`` into ``into``.wpk and unpack it into ``into``.restored: both paths and times."""
     start = time.perf_counter()
     packed = api.pack(src, into.with_name(f"{into.name}.wpk"), threads=threads, verify=False)
     pack_s = time.perf_counter() - start
-    before_unpack()
     start = time.perf_counter()
     restored = api.unpack(packed, into.with_name(f"{into.name}.restored"), threads=threads)
     return packed, restored, pack_s, time.perf_counter() - start
