@@ -86,7 +86,7 @@ def _pack(args: argparse.Namespace) -> dict:
             verify=not args.no_verify, progress=args.progress, base=args.base), "packed")
     args.src = args.src[0]
     # A new machine's first pack compiles the coding kernels, then the decoder to verify: the decoder beside
-    with (None if args.no_verify else DecoderBeside.if_cold()) or contextlib.nullcontext():
+    with contextlib.nullcontext() if args.no_verify else DecoderBeside.if_cold():
         return _transfer(args, lambda: api.pack(args.src, args.output, overwrite=args.force, threads=args.threads,
                                                 verify=not args.no_verify, progress=args.progress, base=args.base),
                          "packed")

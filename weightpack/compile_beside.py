@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import AbstractContextManager, nullcontext
 
 _CODE = "from weightpack.wpkfile import warm_up_decoder; warm_up_decoder()"
 _readying: list[DecoderBeside] = []  # the process readying the decoder now, if any
@@ -49,12 +50,12 @@ class DecoderBeside:
             self._process.wait()
 
     @classmethod
-    def if_cold(cls) -> DecoderBeside | None:
-        """One to enter if the decoder is not in numba's cache yet (a machine's first run), else None."""
+    def if_cold(cls) -> AbstractContextManager:
+        """One if the decoder is not in numba's cache yet (a machine's first run), else a context doing nothing."""
         from .stripe import _decode_stripes
 
         index = getattr(getattr(getattr(_decode_stripes, "_cache", None), "_cache_file", None), "_index_path", None)
-        return None if index is None or os.path.exists(index) else cls()
+        return nullcontext() if index is None or os.path.exists(index) else cls()
 
 
 def decoder_ready() -> None:

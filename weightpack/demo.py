@@ -6,7 +6,6 @@ restored file is byte-identical (sha256) to the original.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import sys
@@ -38,7 +37,7 @@ def run_demo(threads: int | None = None, quiet: bool = False, progress: bool = F
     """
     rows, warm_up_s = [], 0.0
     with tempfile.TemporaryDirectory(prefix="weightpack-demo-") as tmp, _Steps(progress) as step, \
-            DecoderBeside.if_cold() or contextlib.nullcontext():
+            DecoderBeside.if_cold():
         for dtype in minilm.DTYPES:
             src = minilm.write_variant(Path(tmp) / dtype, dtype)
             checkpoint = src / minilm.CHECKPOINT
