@@ -28,6 +28,13 @@ Python caller allocates and makes the views in numpy (``rans.decode``, ``rans.en
 in the coding kernels also compiled numba's allocation code on a machine's first pack.
 
 And numba is imported without two optional packages it only probes (``_import_numba``).
+
+Since the kernels allocate nothing, they are compiled without numba's runtime (NRT: reference counts
+of arrays, allocation), ``_nrt=False``: their code neither calls nor links against it, and loading them
+skips starting it, an LLVM compile of its atomic helpers that took ~40 ms of every short command's
+first kernel (a first `_xxh64` 80 -> 33 ms here). A cached entry whose code does refer to the runtime
+(one of another version's, whose source files kept their stamps) starts it first: linked without it,
+such code would crash at its first call.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 
 def _import_numba() -> None:
@@ -64,13 +72,19 @@ def _import_numba() -> None:
 
 _import_numba()
 
-from numba import njit  # noqa: E402
+import numba  # noqa: E402
 from numba.core import caching  # noqa: E402
 from numba.core.cpu import CPUContext  # noqa: E402
 from numba.core.extending import register_jitable  # noqa: E402
 from numba.core.runtime import rtsys  # noqa: E402
 
 __all__ = ["njit", "register_jitable"]
+
+
+def njit(**options: object) -> Callable[[Callable], Callable]:
+    """``numba.njit(**options)`` for a kernel that allocates nothing: compiled without numba's runtime
+    (see the module's doc). A kernel that did allocate would fail to compile, not misbehave."""
+    return numba.njit(_nrt=False, **options)
 
 
 def _load_without_refresh(self: caching.Cache, sig: object, target_context: object) -> object:
@@ -83,21 +97,35 @@ def _load_without_refresh(self: caching.Cache, sig: object, target_context: obje
     ours = getattr(getattr(self, "_py_func", None), "__module__", "").startswith(f"{__package__}.")
     if not ours or not isinstance(target_context, CPUContext):  # other code's numba works as numba does
         return _NUMBA_LOAD_OVERLOAD(self, sig, target_context)
-    rtsys.initialize(target_context)  # idempotent; what cached code calls to allocate
     try:
         with self._guard_against_spurious_io_errors():
-            return self._load_overload(sig, target_context)
+            data = self._cache_file.load(self._index_key(sig, target_context.codegen()))
+            if data is None:
+                return None
+            if _needs_runtime(data):
+                rtsys.initialize(target_context)  # idempotent
+            return self._impl.rebuild(target_context, data)
     except Exception:  # damaged; numba's compiler refreshes itself before compiling the kernel again
         with contextlib.suppress(OSError, AttributeError):
             os.remove(self._cache_file._index_path)  # numba reads it again before saving, and would fail there
         return None
 
 
+def _needs_runtime(data: tuple) -> bool:
+    """Whether a cached kernel's code refers to numba's runtime (``NRT_...``, the prefix of each of its
+    symbols that compiled code calls); its object code is where ``CodeLibrary.serialize_using_object_code``
+    puts it. True if the entry is not laid out so: starting the runtime is the safe side."""
+    try:
+        return b"NRT_" in data[0][2][0]
+    except (IndexError, TypeError):
+        return True
+
+
 _NUMBA_LOAD_OVERLOAD = caching.Cache.load_overload
 
 
 def _install() -> None:
-    if all(hasattr(caching.Cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
+    if all(hasattr(caching.Cache, name) for name in ("_index_key", "_guard_against_spurious_io_errors")):
         caching.Cache.load_overload = _load_without_refresh
 
 
