@@ -9,9 +9,9 @@ registries are what *compiling* needs; loading a cached function only links mach
 already there. numba's compiler refreshes them itself before any compilation (``compile_extra``,
 ``BaseContext.get_function``), so skipping the refresh on a cache hit changes nothing else.
 
-Importing this module makes numba's CPU cache do exactly that: on a hit, it initialises numba's
-runtime (the allocator symbols compiled code links against, the one other thing the refresh
-provided) and loads the function; a miss is compiled as numba always does. An entry that cannot be
+Importing this module makes numba's CPU cache do exactly that: on a hit, it loads the function
+(starting numba's runtime first if its code calls it: the one other thing the refresh provided, see
+below); a miss is compiled as numba always does. An entry that cannot be
 loaded counts as a miss (see ``_load_without_refresh``). It only touches weightpack's own kernels
 on numba's CPU target (the GPU kernels have a cache of their own; anyone else's numba code in the
 process loads as numba does), and does nothing on a numba whose cache lacks the private methods it
@@ -35,11 +35,19 @@ skips starting it, an LLVM compile of its atomic helpers that took ~40 ms of eve
 first kernel (a first `_xxh64` 80 -> 33 ms here). A cached entry whose code does refer to the runtime
 (one of another version's, whose source files kept their stamps) starts it first: linked without it,
 such code would crash at its first call.
+
+A kernel's first call also skipped two things that only matter to code other than weightpack's
+(``njit``, per kernel; 60-70 ms of a short command's first call here, more with more packages
+installed): the scan of every installed package's metadata for numba extensions (numba runs it
+again before compiling anything, so a kernel compiled on a cache miss still sees them; 42-52 ms), and
+importing ``numpy.ma`` (~20 ms) to check that an argument is no masked array, which an argument of
+type ``np.ndarray`` itself cannot be.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -73,18 +81,40 @@ def _import_numba() -> None:
 _import_numba()
 
 import numba  # noqa: E402
-from numba.core import caching  # noqa: E402
+import numpy as np  # noqa: E402
+from numba.core import caching, types  # noqa: E402
 from numba.core.cpu import CPUContext  # noqa: E402
 from numba.core.extending import register_jitable  # noqa: E402
 from numba.core.runtime import rtsys  # noqa: E402
+from numba.np import numpy_support  # noqa: E402
 
 __all__ = ["njit", "register_jitable"]
 
 
 def njit(**options: object) -> Callable[[Callable], Callable]:
-    """``numba.njit(**options)`` for a kernel that allocates nothing: compiled without numba's runtime
-    (see the module's doc). A kernel that did allocate would fail to compile, not misbehave."""
-    return numba.njit(_nrt=False, **options)
+    """``numba.njit(**options)`` for a kernel that allocates nothing: compiled without numba's runtime,
+    and its first call spared numba's extension scan and ``numpy.ma`` (see the module's doc). A kernel
+    that did allocate would fail to compile, not misbehave."""
+    def decorate(func: Callable) -> Callable:
+        kernel = numba.njit(_nrt=False, **options)(func)
+        kernel._compilation_chain_init_hook = _no_extension_scan  # what a call runs first
+        kernel.typeof_pyval = functools.partial(_typeof_argument, kernel.typeof_pyval)  # for new argument types
+        return kernel
+    return decorate
+
+
+def _no_extension_scan() -> None:
+    """Nothing, where numba scans installed packages for extensions before a call's first compile or
+    load: compiling runs the scan anyway (``CPUContext.load_additional_registries``)."""
+
+
+def _typeof_argument(numba_typeof: Callable[[object], object], value: object) -> object:
+    """numba's type of a kernel's argument; an ``np.ndarray`` (not a subclass) without the masked-array
+    check that imports ``numpy.ma``: it cannot be one."""
+    if type(value) is not np.ndarray:
+        return numba_typeof(value)
+    return types.Array(numpy_support.from_dtype(value.dtype), value.ndim, numpy_support.map_layout(value),
+                       readonly=not value.flags.writeable)
 
 
 def _load_without_refresh(self: caching.Cache, sig: object, target_context: object) -> object:
