@@ -9,9 +9,9 @@ registries are what *compiling* needs; loading a cached function only links mach
 already there. numba's compiler refreshes them itself before any compilation (``compile_extra``,
 ``BaseContext.get_function``), so skipping the refresh on a cache hit changes nothing else.
 
-Importing this module makes numba's CPU cache do exactly that: on a hit, it loads the function
-(starting numba's runtime first if its code calls it: the one other thing the refresh provided, see
-below); a miss is compiled as numba always does. An entry that cannot be
+Importing this module makes numba's CPU cache do exactly that: on a hit, it initialises numba's
+runtime (the allocator symbols compiled code links against, the one other thing the refresh
+provided) and loads the function; a miss is compiled as numba always does. An entry that cannot be
 loaded counts as a miss (see ``_load_without_refresh``). It only touches weightpack's own kernels
 on numba's CPU target (the GPU kernels have a cache of their own; anyone else's numba code in the
 process loads as numba does), and does nothing on a numba whose cache lacks the private methods it
@@ -29,14 +29,7 @@ in the coding kernels also compiled numba's allocation code on a machine's first
 
 And numba is imported without two optional packages it only probes (``_import_numba``).
 
-Since the kernels allocate nothing, they are compiled without numba's runtime (NRT: reference counts
-of arrays, allocation), ``_nrt=False``: their code neither calls nor links against it, and loading them
-skips starting it, an LLVM compile of its atomic helpers that took ~40 ms of every short command's
-first kernel (a first `_xxh64` 80 -> 33 ms here). A cached entry whose code does refer to the runtime
-(one of another version's, whose source files kept their stamps) starts it first: linked without it,
-such code would crash at its first call.
-
-A kernel's first call also skipped two things that only matter to code other than weightpack's
+A kernel's first call also skips two things that only matter to code other than weightpack's
 (``njit``, per kernel; 60-70 ms of a short command's first call here, more with more packages
 installed): the scan of every installed package's metadata for numba extensions (numba runs it
 again before compiling anything, so a kernel compiled on a cache miss still sees them; 42-52 ms), and
@@ -92,11 +85,10 @@ __all__ = ["njit", "register_jitable"]
 
 
 def njit(**options: object) -> Callable[[Callable], Callable]:
-    """``numba.njit(**options)`` for a kernel that allocates nothing: compiled without numba's runtime,
-    and its first call spared numba's extension scan and ``numpy.ma`` (see the module's doc). A kernel
-    that did allocate would fail to compile, not misbehave."""
+    """``numba.njit(**options)``, its first call spared numba's extension scan and ``numpy.ma`` (see the
+    module's doc)."""
     def decorate(func: Callable) -> Callable:
-        kernel = numba.njit(_nrt=False, **options)(func)
+        kernel = numba.njit(**options)(func)
         kernel._compilation_chain_init_hook = _no_extension_scan  # what a call runs first
         kernel.typeof_pyval = functools.partial(_typeof_argument, kernel.typeof_pyval)  # for new argument types
         return kernel
@@ -127,35 +119,21 @@ def _load_without_refresh(self: caching.Cache, sig: object, target_context: obje
     ours = getattr(getattr(self, "_py_func", None), "__module__", "").startswith(f"{__package__}.")
     if not ours or not isinstance(target_context, CPUContext):  # other code's numba works as numba does
         return _NUMBA_LOAD_OVERLOAD(self, sig, target_context)
+    rtsys.initialize(target_context)  # idempotent; what cached code calls to allocate
     try:
         with self._guard_against_spurious_io_errors():
-            data = self._cache_file.load(self._index_key(sig, target_context.codegen()))
-            if data is None:
-                return None
-            if _needs_runtime(data):
-                rtsys.initialize(target_context)  # idempotent
-            return self._impl.rebuild(target_context, data)
+            return self._load_overload(sig, target_context)
     except Exception:  # damaged; numba's compiler refreshes itself before compiling the kernel again
         with contextlib.suppress(OSError, AttributeError):
             os.remove(self._cache_file._index_path)  # numba reads it again before saving, and would fail there
         return None
 
 
-def _needs_runtime(data: tuple) -> bool:
-    """Whether a cached kernel's code refers to numba's runtime (``NRT_...``, the prefix of each of its
-    symbols that compiled code calls); its object code is where ``CodeLibrary.serialize_using_object_code``
-    puts it. True if the entry is not laid out so: starting the runtime is the safe side."""
-    try:
-        return b"NRT_" in data[0][2][0]
-    except (IndexError, TypeError):
-        return True
-
-
 _NUMBA_LOAD_OVERLOAD = caching.Cache.load_overload
 
 
 def _install() -> None:
-    if all(hasattr(caching.Cache, name) for name in ("_index_key", "_guard_against_spurious_io_errors")):
+    if all(hasattr(caching.Cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
         caching.Cache.load_overload = _load_without_refresh
 
 
