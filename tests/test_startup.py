@@ -154,4 +154,3 @@ def test_a_warm_unpack_starts_nothing_only_other_numba_code_needs(bf16_wpk: Path
         assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
     assert (tmp_path / "second.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
-

@@ -30,11 +30,11 @@ in the coding kernels also compiled numba's allocation code on a machine's first
 And numba is imported without two optional packages it only probes (``_import_numba``).
 
 A kernel's first call also skips two things that only matter to code other than weightpack's
-(``njit``, per kernel; 60-70 ms of a short command's first call here, more with more packages
-installed): the scan of every installed package's metadata for numba extensions (numba runs it
-again before compiling anything, so a kernel compiled on a cache miss still sees them; 42-52 ms), and
-importing ``numpy.ma`` (~20 ms) to check that an argument is no masked array, which an argument of
-type ``np.ndarray`` itself cannot be.
+(``njit``, per kernel): the scan of every installed package's metadata for numba extensions (numba
+runs it again before compiling anything, so a kernel compiled on a cache miss still sees them; 42-52
+ms alone in a fresh process here, more with more packages installed), and importing ``numpy.ma``
+(~20 ms alone) to check that an argument is no masked array, which an argument of type ``np.ndarray``
+itself cannot be. A small file's unpack after the imports: 115-144 -> 89-105 ms (alternated).
 """
 
 from __future__ import annotations
