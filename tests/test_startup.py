@@ -144,13 +144,32 @@ def test_numba_imported_beside_other_threads_hides_nothing_from_them() -> None:
 
 
 def test_a_warm_unpack_starts_nothing_only_other_numba_code_needs(bf16_wpk: Path, tmp_path: Path) -> None:
-    """The kernels' first calls neither scan the installed packages for numba extensions (~45 ms) nor
-    import ``numpy.ma`` (~20 ms): see ``weightpack.jit``."""
+    """The kernels allocate nothing, so they are compiled without numba's runtime and loading them does not
+    start it (an LLVM compile of its helpers, ~45 ms of a short command); nor do their first calls scan
+    the installed packages for numba extensions (~45 ms) or import ``numpy.ma`` (~20 ms): see
+    ``weightpack.jit``."""
     code = ("import sys\nfrom weightpack.cli import main\nassert main(sys.argv[1:]) == 0\n"
-            "from numba.core import entrypoints\nprint(entrypoints._already_initialized, 'numpy.ma' in sys.modules)")
+            "from numba.core import entrypoints\nfrom numba.core.runtime import rtsys\n"
+            "print(rtsys._init, entrypoints._already_initialized, 'numpy.ma' in sys.modules)")
     for name in ("first", "second"):  # the first fills the cache
         result = subprocess.run([sys.executable, "-c", code, "unpack", str(bf16_wpk), "-o",
                                  str(tmp_path / f"{name}.safetensors"), "-q"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"]
+    assert result.stdout.split() == ["False", "False", "False"]
     assert (tmp_path / "second.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
+
+
+def test_a_cached_kernel_that_needs_numbas_runtime_gets_it(tmp_path: Path) -> None:
+    """A cache entry whose code calls numba's runtime (compiled by another version whose source files kept
+    their stamps) starts it before it is linked: linked without it, the kernel would crash the process."""
+    (tmp_path / "allocating.py").write_text(
+        "import numba\nimport numpy as np\n\n\n@numba.njit(cache=True)\ndef ones(n):\n    return np.ones(n)\n")
+    code = ("import sys, weightpack.jit\nweightpack.__path__.append(sys.argv[1])  # a kernel of weightpack's own\n"
+            "from weightpack import allocating\n"
+            "print(allocating.ones(3).sum(), sum(allocating.ones.stats.cache_hits.values()))")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    for hits in ("0", "1"):  # compiled, then loaded from the cache
+        result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                                env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["3.0", hits]

@@ -9,9 +9,9 @@ registries are what *compiling* needs; loading a cached function only links mach
 already there. numba's compiler refreshes them itself before any compilation (``compile_extra``,
 ``BaseContext.get_function``), so skipping the refresh on a cache hit changes nothing else.
 
-Importing this module makes numba's CPU cache do exactly that: on a hit, it initialises numba's
-runtime (the allocator symbols compiled code links against, the one other thing the refresh
-provided) and loads the function; a miss is compiled as numba always does. An entry that cannot be
+Importing this module makes numba's CPU cache do exactly that: on a hit, it loads the function
+(starting numba's runtime first if its code calls it: the one other thing the refresh provided, see
+below); a miss is compiled as numba always does. An entry that cannot be
 loaded counts as a miss (see ``_load_without_refresh``). It only touches weightpack's own kernels
 on numba's CPU target (the GPU kernels have a cache of their own; anyone else's numba code in the
 process loads as numba does), and does nothing on a numba whose cache lacks the private methods it
@@ -35,6 +35,15 @@ runs it again before compiling anything, so a kernel compiled on a cache miss st
 ms alone in a fresh process here, more with more packages installed), and importing ``numpy.ma``
 (~20 ms alone) to check that an argument is no masked array, which an argument of type ``np.ndarray``
 itself cannot be. A small file's unpack after the imports: 115-144 -> 89-105 ms (alternated).
+
+And since the kernels allocate nothing, they are compiled without numba's runtime (NRT: arrays'
+reference counts, allocation), ``_nrt=False``: their code neither calls nor links against it, and
+loading them does not start it, an LLVM compile of its atomic helpers that took 42-47 ms of every
+process's first kernel (that unpack, after the imports: 83-115 -> 37-73 ms more). Decoding, packing
+and checksums run as fast either way, measured, once the rANS decoder's select was written so that
+LLVM cannot turn it into a branch (``rans._renormalise``). A cached entry whose code does call the runtime (another
+version's, whose source files kept their stamps) starts it first: linked without it, such code
+crashes the process at its first call.
 """
 
 from __future__ import annotations
@@ -76,7 +85,7 @@ _import_numba()
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba.core import caching, types  # noqa: E402
-from numba.core.cpu import CPUContext  # noqa: E402
+from numba.core.cpu import CPUContext, CPUTargetOptions  # noqa: E402
 from numba.core.extending import register_jitable  # noqa: E402
 from numba.core.runtime import rtsys  # noqa: E402
 from numba.np import numpy_support  # noqa: E402
@@ -84,11 +93,16 @@ from numba.np import numpy_support  # noqa: E402
 __all__ = ["njit", "register_jitable"]
 
 
+# numba's (private) option, where this numba has it; elsewhere the kernels are compiled with the runtime
+_WITHOUT_RUNTIME = {"_nrt": False} if hasattr(CPUTargetOptions, "_nrt") else {}
+
+
 def njit(**options: object) -> Callable[[Callable], Callable]:
-    """``numba.njit(**options)``, its first call spared numba's extension scan and ``numpy.ma`` (see the
-    module's doc)."""
+    """``numba.njit(**options)`` for a kernel that allocates nothing: compiled without numba's runtime,
+    its first call spared numba's extension scan and ``numpy.ma`` (see the module's doc). A kernel that
+    did allocate would fail to compile, not misbehave."""
     def decorate(func: Callable) -> Callable:
-        kernel = numba.njit(**options)(func)
+        kernel = numba.njit(**_WITHOUT_RUNTIME, **options)(func)
         kernel._compilation_chain_init_hook = _no_extension_scan  # what a call runs first
         kernel.typeof_pyval = functools.partial(_typeof_argument, kernel.typeof_pyval)  # for new argument types
         return kernel
@@ -119,21 +133,38 @@ def _load_without_refresh(self: caching.Cache, sig: object, target_context: obje
     ours = getattr(getattr(self, "_py_func", None), "__module__", "").startswith(f"{__package__}.")
     if not ours or not isinstance(target_context, CPUContext):  # other code's numba works as numba does
         return _NUMBA_LOAD_OVERLOAD(self, sig, target_context)
-    rtsys.initialize(target_context)  # idempotent; what cached code calls to allocate
     try:
         with self._guard_against_spurious_io_errors():
-            return self._load_overload(sig, target_context)
+            data = self._cache_file.load(self._index_key(sig, target_context.codegen()))
+            if data is None:
+                return None
+            if _needs_runtime(data):
+                rtsys.initialize(target_context)  # idempotent
+            return self._impl.rebuild(target_context, data)
     except Exception:  # damaged; numba's compiler refreshes itself before compiling the kernel again
         with contextlib.suppress(OSError, AttributeError):
             os.remove(self._cache_file._index_path)  # numba reads it again before saving, and would fail there
         return None
 
 
+def _needs_runtime(data: tuple) -> bool:
+    """Whether a cached kernel's code refers to numba's runtime (``NRT_...``, the prefix of each of its
+    symbols that compiled code calls), in its object code, where ``CodeLibrary.serialize_using_object_code``
+    puts it. True if the entry is not laid out so: starting the runtime is the safe side."""
+    try:
+        return b"NRT_" in data[0][2][0]
+    except (IndexError, TypeError):
+        return True
+
+
 _NUMBA_LOAD_OVERLOAD = caching.Cache.load_overload
 
 
 def _install() -> None:
-    if all(hasattr(caching.Cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
+    """Where numba's cache is laid out as ``_load_without_refresh`` expects: its methods, and the two
+    attributes a cache's ``__init__`` sets."""
+    if (all(hasattr(caching.Cache, name) for name in ("_index_key", "_guard_against_spurious_io_errors"))
+            and {"_cache_file", "_impl"} <= set(caching.Cache.__init__.__code__.co_names)):
         caching.Cache.load_overload = _load_without_refresh
 
 
