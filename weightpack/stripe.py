@@ -209,7 +209,8 @@ class StripeDecoder:
         """The decoder tables of the planes that have one, end to end (int64)."""
         if self._shared is None:
             tables = [d.shared_entries() for d in self.decoders if d.shared is not None]
-            self._shared = np.concatenate(tables) if tables else np.zeros(0, np.int64)
+            self._shared = (tables[0] if len(tables) == 1  # most tensors: one coded plane, its table as is
+                            else np.concatenate(tables) if tables else np.zeros(0, np.int64))
         return self._shared
 
     def problem(self, problem: int, chunk: Chunk | None, k: int) -> WeightpackError:
