@@ -11,8 +11,8 @@ already there. numba's compiler refreshes them itself before any compilation (``
 
 Importing this module makes numba's CPU cache do exactly that: on a hit, it loads the function
 (starting numba's runtime first if its code calls it: the one other thing the refresh provided, see
-below); a miss is compiled as numba always does. An entry that cannot be
-loaded counts as a miss (see ``_load_without_refresh``). It only touches weightpack's own kernels
+below); a miss is compiled as numba always does. An entry that cannot be loaded counts as a miss
+(see ``_load_without_refresh``). It only touches weightpack's own kernels
 on numba's CPU target (the GPU kernels have a cache of their own; anyone else's numba code in the
 process loads as numba does), and does nothing on a numba whose cache lacks the private methods it
 relies on (then start-up is just slower). Measured on the 2-core VM, a warm-cache CLI
@@ -41,9 +41,9 @@ reference counts, allocation), ``_nrt=False``: their code neither calls nor link
 loading them does not start it, an LLVM compile of its atomic helpers that took 42-47 ms of every
 process's first kernel (that unpack, after the imports: 83-115 -> 37-73 ms more). Decoding, packing
 and checksums run as fast either way, measured, once the rANS decoder's select was written so that
-LLVM cannot turn it into a branch (``rans._renormalise``). A cached entry whose code does call the runtime (another
-version's, whose source files kept their stamps) starts it first: linked without it, such code
-crashes the process at its first call.
+LLVM cannot turn it into a branch (``rans._renormalise``). A cached entry whose code does call the
+runtime (another version's, whose source files kept their stamps) starts it first: linked without
+it, such code crashes the process at its first call.
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ def _typeof_argument(numba_typeof: Callable[[object], object], value: object) ->
 
 
 def _load_without_refresh(self: caching.Cache, sig: object, target_context: object) -> object:
-    """``Cache.load_overload`` minus the registry refresh on a CPU cache hit (see the module's doc).
+    """``Cache.load_overload`` minus the registry refresh on a CPU cache hit (see the module's doc): numba's
+    ``_load_overload`` (a disabled cache loads nothing; read the entry, link it), with the runtime started
+    between reading and linking where the entry's code needs it.
 
     A cache entry that cannot be loaded (cut short by a crash or a full disk while numba wrote it) is
     a miss: its index is deleted, and the kernel compiled again and cached anew. numba itself raises,
@@ -133,6 +135,8 @@ def _load_without_refresh(self: caching.Cache, sig: object, target_context: obje
     ours = getattr(getattr(self, "_py_func", None), "__module__", "").startswith(f"{__package__}.")
     if not ours or not isinstance(target_context, CPUContext):  # other code's numba works as numba does
         return _NUMBA_LOAD_OVERLOAD(self, sig, target_context)
+    if not getattr(self, "_enabled", True):
+        return None
     try:
         with self._guard_against_spurious_io_errors():
             data = self._cache_file.load(self._index_key(sig, target_context.codegen()))

@@ -23,9 +23,9 @@ Constants:
   quarter of the symbols), written as arithmetic on the comparison's 0 or 1 so that the loaded word
   is used either way: written as an ``if``, LLVM may sink the load into a branch, as it did once the
   kernels were compiled without numba's runtime (a chunk 1.36 against 0.44 ms; see ``jit``). The
-  encoder writes the low word always and keeps it or not. So a group
-  of ``lanes`` symbols reads at most ``lanes`` words: the decoder's loops run only over groups that
-  cannot reach past the stream's end, and need no bounds check on their reads (see ``_decode``).
+  encoder writes the low word always and keeps it or not. So a group of ``lanes`` symbols reads at
+  most ``lanes`` words: the decoder's loops run only over groups that cannot reach past the stream's
+  end, and need no bounds check on their reads (see ``_decode``).
 - Array indices in both loops are unsigned, which spares numba's negative-index wraparound
   (+23% on each loop here).
 - One table lookup per decoded symbol: the decoder's table holds, per slot of ``1 << precision``,

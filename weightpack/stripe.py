@@ -208,9 +208,7 @@ class StripeDecoder:
     def shared_tables(self) -> np.ndarray:
         """The decoder tables of the planes that have one, end to end (int64)."""
         if self._shared is None:
-            tables = [d.shared_entries() for d in self.decoders if d.shared is not None]
-            self._shared = (tables[0] if len(tables) == 1  # most tensors: one coded plane, its table as is
-                            else np.concatenate(tables) if tables else np.zeros(0, np.int64))
+            self._shared = _end_to_end([d.shared_entries() for d in self.decoders if d.shared is not None])
         return self._shared
 
     def problem(self, problem: int, chunk: Chunk | None, k: int) -> WeightpackError:
@@ -221,6 +219,14 @@ class StripeDecoder:
         if problem == NO_ROOM:
             return WeightpackError(f"{self.where}: stripe {k} does not fit the decoder's buffers (a weightpack bug)")
         return damage(_DAMAGE_OF[problem], self.where, chunk.offset if chunk else None, k)
+
+
+def _end_to_end(tables: list[np.ndarray]) -> np.ndarray:
+    """Decoder tables (int64) end to end, as the kernel takes them: a lone one as it is, not a copy (most
+    tensors have one coded plane, and most runs of stripes one tensor)."""
+    if len(tables) == 1:
+        return tables[0]
+    return np.concatenate(tables) if tables else np.zeros(0, np.int64)
 
 
 _DAMAGE_OF = {BAD_STRIPE: "stripe", BAD_CHECKSUM: "checksum", BAD_STREAM: "stream", BAD_RAW_SIZE: "raw size",
@@ -315,7 +321,7 @@ def _decode_reachable(stripes: list[tuple[Stripe, int]], out: np.ndarray) -> Non
     whole = out[:out.size - out.size % 8]  # for its word views
     problem = _decode_stripes(stored, work.stored16, work.stored64, np.array(plan, np.int64).reshape(-1, 7),
                               np.array(rows, np.int64), np.array(expected, np.uint64),
-                              shared[0] if len(shared) == 1 else np.concatenate(shared),
+                              _end_to_end(shared),
                               np.frombuffer(bytearray(b"".join(tables)), np.uint8), work.rows, work.bytes, work.own,
                               work.freq, work.states, out, whole.view(np.uint16), whole.view(np.uint32),
                               whole.view(np.uint64))
