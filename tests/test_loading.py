@@ -83,13 +83,13 @@ def test_each_tensor_holds_its_own_bytes_and_a_slice_only_its_rows(packed: dict[
 def test_only_the_rows_asked_for_are_decoded(packed: dict[str, Path]) -> None:
     with weightpack.safe_open(packed["F32"], framework="np") as f:
         reader, decoded = f._reader, []
-        original = reader._pieces
+        original = reader._stripes
 
         def spy(seg, first=0, end=None):
-            pieces = original(seg, first, end)
-            decoded.extend(k for piece in pieces for k in range(piece.first, piece.end))
-            return pieces
-        reader._pieces = spy
+            stripes = original(seg, first, end)
+            decoded.extend(k for k, _, _ in stripes)
+            return stripes
+        reader._stripes = spy
         rows = f.get_slice("embeddings.word_embeddings.weight")[10:12]
         assert decoded == [0] and rows.shape == (2, 384)  # one stripe of the 45 of this tensor
         decoded.clear()

@@ -12,16 +12,7 @@ import safetensors.numpy
 
 import weightpack
 from weightpack import codec, minilm, stripe
-from weightpack.container import (
-    CHUNK_OWN,
-    CHUNK_PLANE,
-    CHUNK_RAW,
-    CODEC_CONST,
-    KIND_TENSOR,
-    PREAMBLE,
-    read_index,
-    write_index,
-)
+from weightpack.container import CHUNK_OWN, CHUNK_PLANE, CHUNK_RAW, CODEC_CONST, KIND_TENSOR
 from weightpack.safetensors_layout import write
 from weightpack.wpkfile import JOB_BYTES, ArchiveReader
 
@@ -94,31 +85,11 @@ def test_a_stripe_anywhere_in_its_output_decodes_whole(tmp_path: Path, dtype: ty
     safetensors.numpy.save_file({"tail": values}, src)
     archive = weightpack.pack(src, tmp_path / "tail.wpk")
     with ArchiveReader(archive, None) as reader:
-        (tail,) = reader._pieces(reader.tensors["tail"])
+        (_, _, tail), = reader._stripes(reader.tensors["tail"])
         out = np.full(at + values.nbytes + 1, 0xAA, np.uint8)  # one byte after it, which must stay
-        stripe.decode_runs([tail], out[at:at + values.nbytes])
+        stripe.decode_run([(tail, at)], out[:at + values.nbytes])
     assert out[at:at + values.nbytes].tobytes() == values.tobytes()
     assert (out[:at] == 0xAA).all() and out[-1] == 0xAA
-
-
-def test_chunks_in_any_order_in_the_archive_decode(tmp_path: Path) -> None:
-    """weightpack writes a tensor's chunks stripe by stripe, so a run's chunks are read at once; an archive
-    whose chunks lie in another order (another writer's, or rearranged) restores the same, each chunk
-    read from where it lies."""
-    values = (np.random.default_rng(1).standard_normal(3 * codec.CHUNK_SYMBOLS) * 0.02).astype(np.float32)
-    src = tmp_path / "w.safetensors"
-    safetensors.numpy.save_file({"w": values}, src)
-    data = weightpack.pack(src, tmp_path / "w.wpk").read_bytes()
-    with open(tmp_path / "w.wpk", "rb") as f:
-        index = read_index(f, len(data))
-    payload = bytearray(data[:PREAMBLE.size])
-    for chunk in sorted((c for s in index.segments for p in s.planes for c in p.chunks), key=lambda c: -c.offset):
-        piece, chunk.offset = data[chunk.offset:chunk.offset + chunk.size], len(payload)
-        payload += piece  # last chunk first
-    with open(tmp_path / "reversed.wpk", "wb") as f:
-        f.write(payload)
-        write_index(f, index, len(payload))
-    assert weightpack.unpack(tmp_path / "reversed.wpk", tmp_path / "back.safetensors").read_bytes() == src.read_bytes()
 
 
 def test_loading_one_stripe_decodes_it_alone(bf16_file: Path, tmp_path: Path, counted: Counter) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from .errors import FormatError, IntegrityError, WeightpackError, damage
 from .parallel import WINDOW_PER_THREAD, ordered_map
 from .safetensors_layout import TensorEntry, read_layout
 from .sources import BaseSet, Dedup, Stored, read_exact, read_exact_into
-from .stripe import StripeDecoder, StripeRun, decode_runs
+from .stripe import Stripe, StripeDecoder, decode_run
 from .stripe import warm_up as warm_up_stripes
 
 Progress = Callable[[int], None]
@@ -98,27 +98,6 @@ T = TypeVar("T")
 # kernels' calls while the main thread runs too): one job per stripe made a bias of 384 elements cost
 # 4x its decoding, and MiniLM has 66 of them.
 JOB_BYTES = 1 << 20
-
-
-MAX_JOB_BYTES = 1 << 23
-THREADS_PER_MIB = 4
-MIN_JOBS_PER_THREAD = 4
-
-
-def job_bytes(total: int, pool: Executor | None) -> int:
-    """The size of a decode's jobs over ``total`` bytes on ``pool``'s threads: ``JOB_BYTES`` on up to four
-    threads, a MiB more for every four more (up to ``MAX_JOB_BYTES``), but small enough that each thread
-    gets a few jobs.
-
-    A job's Python (handing it over, planning it, its read and write: ~100 us) holds the GIL, which all
-    the threads share, so the share of the GIL a decode needs grows with the threads over the job's
-    size: jobs as large as the threads are many keep it near a tenth. Larger jobs cost a little on few
-    cores (a job's chunks and output no longer stay in the core's cache between its read, its decoding
-    and its write: 1.18 GiB on two threads in 8 MiB jobs, ~10% slower) and hold more memory.
-    """
-    threads = getattr(pool, "_max_workers", 1)
-    size = min(MAX_JOB_BYTES, JOB_BYTES * max(1, threads // THREADS_PER_MIB))
-    return max(JOB_BYTES, min(size, total // (MIN_JOBS_PER_THREAD * threads)))
 
 
 def _grouped(items: Iterable[T], nbytes: Callable[[T], int]) -> Iterator[list[T]]:
@@ -473,7 +452,6 @@ class ArchiveReader:
             raise
         self.tensors = {s.name: s for s in self.index.segments if s.kind == KIND_TENSOR}
         self._siblings: dict[int, ArchiveReader] = {}
-        self._stripe_decoders: dict[int, StripeDecoder] = {}  # by id() of the segment: built once each
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -548,26 +526,23 @@ class ArchiveReader:
         """
         return self.segment_bytes(self.tensors[name], first, end, parallel=False)
 
-    def _pieces(self, seg: Segment, first: int = 0, end: int | None = None) -> list[Piece]:
-        """The stripes holding elements ``first`` to ``end`` of a segment, as pieces: one ``StripeRun`` of them
-        all where the stripe kernel decodes it (nearly every tensor: see stripe.py), else a ``_StripeFill``
-        a stripe. Every stripe is checked against its recorded XXH64; stripes are independent and decode on
-        any thread.
+    def _stripes(self, seg: Segment, first: int = 0, end: int | None = None) -> list[tuple[int, int, _Fill]]:
+        """``(k, elements, fill)`` for each stripe holding elements ``first`` to ``end`` of a segment.
+
+        ``fill(out)`` decodes stripe ``k`` into ``out`` (uint8, its size in bytes) and checks it
+        against its recorded XXH64: stripes are independent and fill on any thread.
         """
-        step, end = seg.stripe, seg.count if end is None else end
         where = f"tensor {seg.name!r}" if seg.kind == KIND_TENSOR else "header/verbatim bytes"
-        first, end = first // step, -(-end // step)
-        if StripeDecoder.takes(seg):
-            decoder = self._stripe_decoders.get(id(seg))
-            if decoder is None:
-                decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
-                decoder = self._stripe_decoders[id(seg)] = StripeDecoder(seg, decoders, where, self.read_into)
-            return [StripeRun(decoder, first, end)] if first < end else []
         source = self._source(seg) if seg.ref != REF_NONE else None
         decoders = [codec.PlaneDecoder(p, where) for p in seg.planes]
+        step, end = seg.stripe, seg.count if end is None else end
         size = seg.itemsize
         # None: no reference; False: per-plane transforms; True: one difference of whole words
         word_sub = None if seg.ref != REF_DELTA else any(p.transform == TRANSFORM_WORD_SUB for p in seg.planes)
+        sizes = [(k, min(step, seg.count - k * step)) for k in range(first // step, -(-end // step))]
+        if StripeDecoder.takes(seg):  # nearly every stripe: decoded by the stripe kernel (see stripe.py)
+            whole = StripeDecoder(seg, decoders, where, self.read_into)
+            return [(k, n, Stripe(whole, k, n)) for k, n in sizes]
 
         def fill(k: int, n: int, out: np.ndarray) -> None:
             if seg.ref == REF_COPY:
@@ -585,11 +560,7 @@ class ArchiveReader:
                     out[:] = codec.undo_word_difference(out, reference, size)
             if stripe_hash(out, seg.start + k * step * size) != seg.hashes[k]:
                 raise damage("stripe", where, k=k)
-        pieces = []
-        for k in range(first, end):
-            n = min(step, seg.count - k * step)
-            pieces.append(_StripeFill(seg, k, n * size, functools.partial(fill, k, n)))
-        return pieces
+        return [(k, n, functools.partial(fill, k, n)) for k, n in sizes]
 
     def segment_bytes(self, seg: Segment, first: int = 0, end: int | None = None,
                       parallel: bool = True) -> np.ndarray:
@@ -598,41 +569,35 @@ class ArchiveReader:
         Only the stripes holding them are decoded, in parallel, each straight into its place.
         """
         end = seg.count if end is None else end
-        (data, lo), = self._decode_segments([(seg, first, end)], parallel)
+        data, pieces, lo = self._plan(seg, first, end)
+        self._fill_all(pieces, parallel)
         return data[(first - lo) * seg.itemsize:(end - lo) * seg.itemsize]
 
     def segments_bytes(self, segments: Iterable[Segment]) -> list[np.ndarray]:
         """The original bytes of whole segments (uint8 each), checksums verified: ``segment_bytes`` of each,
         but the small ones decode side by side too (a model's biases and norms)."""
-        return [data for data, _ in self._decode_segments([(seg, 0, seg.count) for seg in segments], True)]
+        plans = [self._plan(seg, 0, seg.count) for seg in segments]
+        self._fill_all([piece for _, pieces, _ in plans for piece in pieces], parallel=True)
+        return [data for data, _, _ in plans]
 
-    def _decode_segments(self, ranges: list[tuple[Segment, int, int]],
-                         parallel: bool) -> list[tuple[np.ndarray, int]]:
-        """For each ``(segment, first, end)``: an array of the stripes holding those elements, decoded, and
-        the first element it holds. The stripes go to the pool in jobs (``job_bytes``; here if one job)."""
-        homes, pieces, results = {}, [], []
-        for seg, first, end in ranges:
-            mine = self._pieces(seg, first, end)
-            lo = mine[0].first * seg.stripe if mine else first
-            data = np.empty(sum(p.nbytes for p in mine), np.uint8)
-            homes[id(seg)] = data, lo * seg.itemsize
-            pieces += mine
-            results.append((data, lo))
+    def _plan(self, seg: Segment, first: int, end: int) -> tuple[np.ndarray, list[tuple[np.ndarray, _Fill]], int]:
+        """An array for the stripes holding elements ``first`` to ``end`` of ``seg``, each stripe's part of it
+        with its ``fill``, and the first element the array holds."""
+        size, stripes = seg.itemsize, self._stripes(seg, first, end)
+        lo = stripes[0][0] * seg.stripe if stripes else first
+        data = np.empty(sum(n for _, n, _ in stripes) * size, np.uint8)
+        return data, [(data[(k * seg.stripe - lo) * size:(k * seg.stripe - lo + n) * size], fill)
+                      for k, n, fill in stripes], lo
 
-        def job(group: list[Piece]) -> None:
-            for piece in group:
-                data, base = homes[id(piece.seg)]
-                at = piece.first * piece.seg.stripe * piece.seg.itemsize - base
-                out = data[at:at + piece.nbytes]
-                if isinstance(piece, StripeRun):
-                    decode_runs([piece], out)
-                else:
-                    piece.fill(out)
-        pool = self.pool if parallel else None
-        groups = list(_in_jobs(pieces, job_bytes(sum(p.nbytes for p in pieces), pool)))
-        for _ in ordered_map(pool if len(groups) > 1 else None, [functools.partial(job, g) for g in groups]):
+    def _fill_all(self, pieces: list[tuple[np.ndarray, _Fill]], parallel: bool) -> None:
+        """``fill(out)`` of every piece, in jobs of at least ``JOB_BYTES`` on the pool (here if one job)."""
+        def job(group: list[tuple[np.ndarray, _Fill]]) -> None:
+            for out, fill in group:
+                fill(out)
+        groups = list(_grouped(pieces, lambda piece: piece[0].size))
+        pool = self.pool if parallel and len(groups) > 1 else None
+        for _ in ordered_map(pool, [functools.partial(job, group) for group in groups]):
             pass
-        return results
 
     def restore(self, out: int | None, progress: Progress = lambda n: None, sha256: bool = False) -> None:
         """Decode the whole original file into file descriptor ``out`` (or nowhere).
@@ -644,18 +609,18 @@ class ArchiveReader:
         """
         digest = hashlib.sha256() if sha256 else None
 
-        def restore_job(pieces: list[Piece], offset: int, size: int) -> np.ndarray | int:
+        def restore_job(stripes: list[tuple[int, _Fill]], offset: int, size: int) -> np.ndarray | int:
             data = np.empty(size, np.uint8) if digest is not None else _SCRATCH.get("out", size, np.uint8)
-            _fill_consecutive(pieces, data)
+            _fill_consecutive(stripes, data)
             if out is not None:
                 write_at(out, data, offset)
             return data if digest is not None else size
 
         def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
-            pieces = (piece for seg in self.index.segments for piece in self._pieces(seg))
+            stripes = ((n * seg.itemsize, fill) for seg in self.index.segments for _, n, fill in self._stripes(seg))
             offset = 0
-            for group in _in_jobs(pieces, job_bytes(self.index.original_size, self.pool)):
-                size = sum(p.nbytes for p in group)
+            for group in _grouped(stripes, lambda stripe: stripe[0]):
+                size = sum(n for n, _ in group)
                 yield functools.partial(restore_job, group, offset, size)
                 offset += size
         for result in ordered_map(self.pool, jobs()):  # the stripes of small tensors decode side by side too
@@ -667,59 +632,25 @@ class ArchiveReader:
             raise IntegrityError("restored bytes do not match the original sha256")
 
 
-class _StripeFill(NamedTuple):
-    """Stripe ``first`` of a segment the stripe kernel does not decode (a copy, a delta, verbatim bytes):
-    ``fill(out)`` decodes it into ``out`` (uint8, ``nbytes``) and checks it."""
-
-    seg: Segment
-    first: int
-    nbytes: int
-    fill: Callable[[np.ndarray], None]
+_Fill = Callable[[np.ndarray], None]
 
 
-Piece = StripeRun | _StripeFill  # stripes of one segment, consecutive in the original file
-
-
-def _in_jobs(pieces: Iterable[Piece], at_least: int) -> Iterator[list[Piece]]:
-    """Consecutive pieces in jobs of at least ``at_least`` bytes (the last may hold less): a run of stripes
-    is cut between two stripes where a job is full, so a large tensor spreads over jobs."""
-    group, size = [], 0
-    for piece in pieces:
-        while isinstance(piece, StripeRun) and size + piece.nbytes > at_least:
-            head, piece = piece.split(at_least - size)
-            yield [*group, head]
-            group, size = [], 0
-            if piece is None:
-                break
-        if piece is not None:
-            group.append(piece)
-            size += piece.nbytes
-            if size >= at_least:
-                yield group
-                group, size = [], 0
-    if group:
-        yield group
-
-
-def _fill_consecutive(pieces: list[Piece], data: np.ndarray) -> None:
-    """Fill ``data`` with consecutive pieces, each run of them the stripe kernel decodes by one call
-    (``stripe.decode_runs``): a job gives the GIL up twice a run of them, not twice a stripe (MiniLM BF16:
-    ~45 jobs, ~290 stripes, ~190 of them small tensors')."""
-    runs: list[StripeRun] = []
-    start = at = 0
-    for piece in pieces:
-        if isinstance(piece, StripeRun):
-            if not runs:
-                start = at
-            runs.append(piece)
+def _fill_consecutive(stripes: list[tuple[int, _Fill]], data: np.ndarray) -> None:
+    """Fill ``data`` with consecutive stripes (each its size in bytes and its fill), each run of those the
+    stripe kernel decodes by one call (``stripe.decode_run``): a job gives the GIL up twice a run, not twice
+    a stripe (MiniLM BF16: ~45 jobs, ~290 stripes, ~190 of them small tensors')."""
+    run, at = [], 0
+    for n, fill in stripes:
+        if isinstance(fill, Stripe):
+            run.append((fill, at))
         else:
-            if runs:
-                decode_runs(runs, data[start:at])
-                runs = []
-            piece.fill(data[at:at + piece.nbytes])
-        at += piece.nbytes
-    if runs:
-        decode_runs(runs, data[start:at])
+            if run:
+                decode_run(run, data)
+                run = []
+            fill(data[at:at + n])
+        at += n
+    if run:
+        decode_run(run, data)
 
 
 def warm_up_decoder() -> None:
