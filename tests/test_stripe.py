@@ -4,6 +4,7 @@ check of the plane-by-plane decoder: every chunk mode, every dtype it takes, any
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,18 @@ import safetensors.numpy
 
 import weightpack
 from weightpack import codec, minilm, stripe
-from weightpack.container import CHUNK_OWN, CHUNK_PLANE, CHUNK_RAW, CODEC_CONST, KIND_TENSOR
+from weightpack.container import (
+    CHUNK_OWN,
+    CHUNK_PLANE,
+    CHUNK_RAW,
+    CODEC_CONST,
+    KIND_TENSOR,
+    PREAMBLE,
+    read_index,
+    write_index,
+)
 from weightpack.safetensors_layout import write
-from weightpack.wpkfile import JOB_BYTES, ArchiveReader
+from weightpack.wpkfile import JOB_BYTES, ArchiveReader, job_bytes
 
 
 @pytest.fixture
@@ -47,6 +57,16 @@ def test_a_job_of_stripes_is_one_read_and_one_kernel_call(minilm_dirs: dict[str,
     jobs = -(-src.stat().st_size // JOB_BYTES)
     assert counted["kernel"] == counted["read"] <= jobs + 1 and counted["kernel"] < stripes / 2
     assert counted["plane chunk"] == 1  # the safetensors header, zstd-compressed
+
+
+def test_decode_jobs_grow_with_the_threads() -> None:
+    """A job's Python holds the GIL every thread shares, so on many threads jobs are larger (a MiB more for
+    every four threads), as long as every thread still gets a few of them."""
+    with ThreadPoolExecutor(2) as two, ThreadPoolExecutor(16) as sixteen, ThreadPoolExecutor(64) as many:
+        assert job_bytes(1 << 34, None) == job_bytes(1 << 34, two) == JOB_BYTES
+        assert job_bytes(1 << 34, sixteen) == 4 * JOB_BYTES
+        assert job_bytes(1 << 34, many) == 8 * JOB_BYTES  # at most
+        assert job_bytes(40 * JOB_BYTES, sixteen) == JOB_BYTES  # a small model: jobs for every thread
 
 
 def test_every_chunk_mode_and_dtype_decodes_through_the_kernel(tmp_path: Path, counted: Counter) -> None:
@@ -90,6 +110,26 @@ def test_a_stripe_anywhere_in_its_output_decodes_whole(tmp_path: Path, dtype: ty
         stripe.decode_run([(tail, at)], out[:at + values.nbytes])
     assert out[at:at + values.nbytes].tobytes() == values.tobytes()
     assert (out[:at] == 0xAA).all() and out[-1] == 0xAA
+
+
+def test_chunks_in_any_order_in_the_archive_decode(tmp_path: Path) -> None:
+    """weightpack writes a tensor's chunks stripe by stripe, so a run's chunks are read at once; an archive
+    whose chunks lie in another order (another writer's, or rearranged) restores the same, each chunk
+    read from where it lies."""
+    values = (np.random.default_rng(1).standard_normal(3 * codec.CHUNK_SYMBOLS) * 0.02).astype(np.float32)
+    src = tmp_path / "w.safetensors"
+    safetensors.numpy.save_file({"w": values}, src)
+    data = weightpack.pack(src, tmp_path / "w.wpk").read_bytes()
+    with open(tmp_path / "w.wpk", "rb") as f:
+        index = read_index(f, len(data))
+    payload = bytearray(data[:PREAMBLE.size])
+    for chunk in sorted((c for s in index.segments for p in s.planes for c in p.chunks), key=lambda c: -c.offset):
+        piece, chunk.offset = data[chunk.offset:chunk.offset + chunk.size], len(payload)
+        payload += piece  # last chunk first
+    with open(tmp_path / "reversed.wpk", "wb") as f:
+        f.write(payload)
+        write_index(f, index, len(payload))
+    assert weightpack.unpack(tmp_path / "reversed.wpk", tmp_path / "back.safetensors").read_bytes() == src.read_bytes()
 
 
 def test_loading_one_stripe_decodes_it_alone(bf16_file: Path, tmp_path: Path, counted: Counter) -> None:

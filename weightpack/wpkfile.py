@@ -98,15 +98,35 @@ T = TypeVar("T")
 # kernels' calls while the main thread runs too): one job per stripe made a bias of 384 elements cost
 # 4x its decoding, and MiniLM has 66 of them.
 JOB_BYTES = 1 << 20
+MAX_JOB_BYTES = 1 << 23
+THREADS_PER_MIB = 4  # a decode's jobs grow by a MiB for every four threads beyond four
+MIN_JOBS_PER_THREAD = 4
 
 
-def _grouped(items: Iterable[T], nbytes: Callable[[T], int]) -> Iterator[list[T]]:
-    """Consecutive ``items`` in groups of at least ``JOB_BYTES`` (the last one may hold less)."""
+def job_bytes(total: int, pool: Executor | None) -> int:
+    """The size of a decode's jobs over ``total`` bytes on ``pool``'s threads: ``JOB_BYTES`` on up to four
+    threads, a MiB more for every four more (``MAX_JOB_BYTES`` at most), but small enough that each
+    thread gets a few jobs.
+
+    Each job's Python (handing it over, planning its stripes, its read and its write) holds the GIL,
+    which every decoding thread shares: the GIL a decode needs grows with the threads over the job's
+    size, so jobs grow with the threads. On two threads, emulating the 4 MiB jobs of sixteen, a 1.18 GiB
+    BF16 file held the GIL 130 ms instead of 200 (*Where a many-core decode waits* in
+    benchmarks/RESULTS.md). On few threads small jobs are faster: a job's chunks and output then stay
+    in the core's cache between its read, its decoding and its write.
+    """
+    threads = getattr(pool, "_max_workers", 1)
+    size = min(MAX_JOB_BYTES, JOB_BYTES * max(1, threads // THREADS_PER_MIB))
+    return max(JOB_BYTES, min(size, total // (MIN_JOBS_PER_THREAD * threads)))
+
+
+def _grouped(items: Iterable[T], nbytes: Callable[[T], int], at_least: int = JOB_BYTES) -> Iterator[list[T]]:
+    """Consecutive ``items`` in groups of at least ``at_least`` bytes (the last one may hold less)."""
     group, size = [], 0
     for item in items:
         group.append(item)
         size += nbytes(item)
-        if size >= JOB_BYTES:
+        if size >= at_least:
             yield group
             group, size = [], 0
     if group:
@@ -590,12 +610,14 @@ class ArchiveReader:
                       for k, n, fill in stripes], lo
 
     def _fill_all(self, pieces: list[tuple[np.ndarray, _Fill]], parallel: bool) -> None:
-        """``fill(out)`` of every piece, in jobs of at least ``JOB_BYTES`` on the pool (here if one job)."""
+        """``fill(out)`` of every piece, in jobs (``job_bytes``) on the pool (here if one job)."""
         def job(group: list[tuple[np.ndarray, _Fill]]) -> None:
             for out, fill in group:
                 fill(out)
-        groups = list(_grouped(pieces, lambda piece: piece[0].size))
-        pool = self.pool if parallel and len(groups) > 1 else None
+        pool = self.pool if parallel else None
+        groups = list(_grouped(pieces, lambda piece: piece[0].size,
+                               job_bytes(sum(out.size for out, _ in pieces), pool)))
+        pool = pool if len(groups) > 1 else None
         for _ in ordered_map(pool, [functools.partial(job, group) for group in groups]):
             pass
 
@@ -619,7 +641,7 @@ class ArchiveReader:
         def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
             stripes = ((n * seg.itemsize, fill) for seg in self.index.segments for _, n, fill in self._stripes(seg))
             offset = 0
-            for group in _grouped(stripes, lambda stripe: stripe[0]):
+            for group in _grouped(stripes, lambda stripe: stripe[0], job_bytes(self.index.original_size, self.pool)):
                 size = sum(n for n, _ in group)
                 yield functools.partial(restore_job, group, offset, size)
                 offset += size
