@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
-from weightpack import dtypes, minilm
+from weightpack import api, dtypes, minilm
 from weightpack.safetensors_layout import write
 from weightpack.wpkfile import JOB_BYTES, ArchiveReader, pack_stream
 
@@ -58,6 +59,42 @@ def test_sharded_folder_with_index_json_round_trips(minilm_dirs: dict[str, Path]
     entries = json.loads((packed / "weightpack.json").read_text())["archives"]
     assert entries["model-00001-of-00002.wpk"]["original"] == "model-00001-of-00002.safetensors"
     assert sha256_tree(weightpack.unpack(packed, tmp_path / "restored")) == sha256_tree(src)
+
+
+def _two_shards(minilm_dirs: dict[str, Path], tmp_path: Path) -> Path:
+    tensors = minilm.load(minilm_dirs["BF16"] / minilm.CHECKPOINT)
+    src = tmp_path / "two"
+    src.mkdir()
+    names = list(tensors)
+    for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        write(src / f"model-{k + 1}.safetensors", {n: tensors[n] for n in part}, {"format": "pt"})
+    return weightpack.pack(src, tmp_path / "packed")
+
+
+def test_the_shards_of_a_folder_are_restored_side_by_side(minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two archives at once share the threads: one shard's last jobs, index and fsync overlap the next
+    one's decoding, and two files are written at once (writes to one file take turns on its lock)."""
+    packed = _two_shards(minilm_dirs, tmp_path)
+    together = threading.Barrier(2, timeout=10)  # broken (an error) unless both restores are under way at once
+    restore = api.restore_archive
+
+    def both_at_once(*args, **kwargs) -> None:
+        together.wait()
+        restore(*args, **kwargs)
+    monkeypatch.setattr(api, "restore_archive", both_at_once)
+    restored = weightpack.unpack(packed, tmp_path / "restored")
+    assert sha256_tree(restored) == sha256_tree(tmp_path / "two")
+
+
+def test_a_damaged_shard_stops_the_other_and_leaves_nothing(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    packed = _two_shards(minilm_dirs, tmp_path)
+    damaged = bytearray((packed / "model-2.wpk").read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # a chunk in the middle of the second shard
+    (packed / "model-2.wpk").write_bytes(damaged)
+    with pytest.raises(weightpack.IntegrityError, match=r"model-2\.wpk"):
+        weightpack.unpack(packed, tmp_path / "restored")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "two"]
 
 
 def test_packing_is_deterministic(bf16_file: Path, tmp_path: Path) -> None:

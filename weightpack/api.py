@@ -26,8 +26,9 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,8 @@ def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, over
 class FolderSource(Protocol):
     """Where the files of a packed folder come from: a local folder, or a Hub repo (``hub.py``)."""
 
+    archives_at_once: int  # archives restored side by side (see ``restore_folder``)
+
     def file(self, name: str) -> Path:
         """The local path of a file of the folder, once it is complete."""
 
@@ -261,6 +264,8 @@ class FolderSource(Protocol):
 
 class LocalFolder:
     """A packed folder on disk, as a FolderSource."""
+
+    archives_at_once = 2
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -285,25 +290,49 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
                    pool: ThreadPoolExecutor, base: BaseSet | None, progress: bool, sha256: bool) -> Path:
     """Restore a packed folder, given its manifest and where its files come from.
 
-    Archives are restored one after the other, each as its bytes arrive when ``source`` streams
-    them (a download); the other files are fetched side by side meanwhile, and the decoding kernels
-    loaded. Every restored file is checked against the manifest; nothing is published unless all are.
+    Archives are restored ``source.archives_at_once`` at a time, their jobs sharing the pool, each as its
+    bytes arrive when ``source`` streams them (a download: one at a time, as they arrive one after the
+    other); the other files are fetched side by side meanwhile, and the decoding kernels loaded. Every
+    restored file is checked against the manifest; nothing is published unless all are.
+
+    Two local archives at once: a shard's last jobs, its index and its final fsync overlap the next
+    shard's decoding instead of leaving threads idle, and two files are written at once (the writes to
+    one file take turns on its inode lock: see benchmarks/probe_writes.py).
     """
     total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
     with _bar(total, progress, "unpack") as bar, \
             atomic_output(dst, overwrite, directory=True, writes=record.restored_names()) as tmp, \
-            ThreadPoolExecutor(FETCHERS + 1, thread_name_prefix="weightpack-fetch") as fetchers:
-        work = [fetchers.submit(warm_up_decoder)]  # load the kernels while the first archive starts arriving
-        work += [fetchers.submit(_restore_file, source, name, entry, tmp, bar) for name, entry in record.files.items()]
-        for name, entry in record.archives.items():
+            ThreadPoolExecutor(FETCHERS + 1, thread_name_prefix="weightpack-fetch") as fetchers, \
+            ThreadPoolExecutor(source.archives_at_once, thread_name_prefix="weightpack-archive") as restorers:
+        stopped = threading.Event()  # one archive failed: the others stop at their next job
+
+        def update(n: int) -> None:
+            if stopped.is_set():
+                raise _Stopped
+            bar.update(n)
+
+        def restore(name: str, entry: manifest.Archive) -> None:
             (tmp / entry.original).parent.mkdir(parents=True, exist_ok=True)
             with source.archive(name, pool, base) as reader:
-                restore_archive(reader, entry, tmp / entry.original, bar.update, sha256)
-            for done in (f for f in work if f.done()):
-                done.result()  # a file that failed stops the rest
-        for future in work:
-            future.result()
+                restore_archive(reader, entry, tmp / entry.original, update, sha256)
+
+        work = [fetchers.submit(warm_up_decoder)]  # load the kernels while the first archive starts arriving
+        work += [fetchers.submit(_restore_file, source, name, entry, tmp, bar) for name, entry in record.files.items()]
+        work += [restorers.submit(restore, name, entry) for name, entry in record.archives.items()]
+        try:
+            for future in as_completed(work):
+                future.result()  # the first failure stops the rest
+        except BaseException:
+            stopped.set()
+            for future in work:
+                future.cancel()
+            wait(work)
+            raise
     return dst
+
+
+class _Stopped(Exception):
+    """An archive's restore stopped because another one failed (never reported: that failure is)."""
 
 
 # Small files (config, tokenizer, index.json) fetched side by side, beside the archives, as many at once as

@@ -204,6 +204,7 @@ class RepoFiles:
     next file, instead of leaving the link idle between the shards of a large model.
     """
 
+    archives_at_once = 1  # they arrive one after the other, and each decodes as it arrives
     FIND_PARTIAL_S = 10.0  # how long to look for the download's temporary file before decoding after it
     INDEX_GUESS = 1 << 18  # bytes fetched from an archive's end for its index: MiniLM's is ~15-20 kB
 
