@@ -71,20 +71,32 @@ def _two_shards(minilm_dirs: dict[str, Path], tmp_path: Path) -> Path:
     return weightpack.pack(src, tmp_path / "packed")
 
 
+def _both_at_once(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make ``api.<name>`` wait until a second call of it is under way (an error after 10 s otherwise)."""
+    together, original = threading.Barrier(2, timeout=10), getattr(api, name)
+
+    def waiting(*args, **kwargs) -> None:
+        together.wait()
+        original(*args, **kwargs)
+    monkeypatch.setattr(api, name, waiting)
+
+
 def test_the_shards_of_a_folder_are_restored_side_by_side(minilm_dirs: dict[str, Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Two archives at once share the threads: one shard's last jobs, index and fsync overlap the next
     one's decoding, and two files are written at once (writes to one file take turns on its lock)."""
     packed = _two_shards(minilm_dirs, tmp_path)
-    together = threading.Barrier(2, timeout=10)  # broken (an error) unless both restores are under way at once
-    restore = api.restore_archive
-
-    def both_at_once(*args, **kwargs) -> None:
-        together.wait()
-        restore(*args, **kwargs)
-    monkeypatch.setattr(api, "restore_archive", both_at_once)
+    _both_at_once(monkeypatch, "restore_archive")
     restored = weightpack.unpack(packed, tmp_path / "restored")
     assert sha256_tree(restored) == sha256_tree(tmp_path / "two")
+
+
+def test_the_shards_of_a_folder_are_verified_side_by_side(minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verifying checks each archive's sha256, one serial pass a file: two shards are checked at once."""
+    packed = _two_shards(minilm_dirs, tmp_path)
+    _both_at_once(monkeypatch, "verify_archive")
+    assert weightpack.verify(packed) == {"archives": 2, "files": 0}
 
 
 def test_a_damaged_shard_stops_the_other_and_leaves_nothing(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -95,6 +107,8 @@ def test_a_damaged_shard_stops_the_other_and_leaves_nothing(minilm_dirs: dict[st
     with pytest.raises(weightpack.IntegrityError, match=r"model-2\.wpk"):
         weightpack.unpack(packed, tmp_path / "restored")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "two"]
+    with pytest.raises(weightpack.IntegrityError, match=r"model-2\.wpk"):
+        weightpack.verify(packed)
 
 
 def test_packing_is_deterministic(bf16_file: Path, tmp_path: Path) -> None:

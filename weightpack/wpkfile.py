@@ -641,7 +641,10 @@ class ArchiveReader:
         def jobs() -> Iterator[Callable[[], np.ndarray | int]]:
             stripes = ((n * seg.itemsize, fill) for seg in self.index.segments for _, n, fill in self._stripes(seg))
             offset = 0
-            for group in _grouped(stripes, lambda stripe: stripe[0], job_bytes(self.index.original_size, self.pool)):
+            # With the sha256, each job's bytes wait in memory to be hashed in order, and the hash (one core) sets
+            # the pace, not the GIL: small jobs keep that memory small.
+            at_least = JOB_BYTES if digest is not None else job_bytes(self.index.original_size, self.pool)
+            for group in _grouped(stripes, lambda stripe: stripe[0], at_least):
                 size = sum(n for n, _ in group)
                 yield functools.partial(restore_job, group, offset, size)
                 offset += size
