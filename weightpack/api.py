@@ -27,9 +27,8 @@ import hashlib
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from .container import (
     Index,
 )
 from .errors import CANCEL, WeightpackError, about
+from .parallel import side_by_side
 from .paths import MANIFEST, SAFETENSORS, WPK, destination, existing, walk
 from .sources import BaseSet, Dedup
 from .wpkfile import ArchiveReader, pack_stream, warm_up_decoder
@@ -263,10 +263,16 @@ class FolderSource(Protocol):
         """An open archive of the folder; reading it may wait for its bytes to arrive."""
 
 
+# Local archives restored or verified side by side: a shard's last jobs, index and fsync overlap the next
+# one's decoding, and two files are written (the writes to one file take turns on its inode lock: see
+# benchmarks/probe_writes.py) or hashed (one serial sha256 pass a file) at once.
+ARCHIVES_AT_ONCE = 2
+
+
 class LocalFolder:
     """A packed folder on disk, as a FolderSource."""
 
-    archives_at_once = 2
+    archives_at_once = ARCHIVES_AT_ONCE
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -295,10 +301,6 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
     bytes arrive when ``source`` streams them (a download: one at a time, as they arrive one after the
     other); the other files are fetched side by side meanwhile, and the decoding kernels loaded. Every
     restored file is checked against the manifest; nothing is published unless all are.
-
-    Two local archives at once: a shard's last jobs, its index and its final fsync overlap the next
-    shard's decoding instead of leaving threads idle, and two files are written at once (the writes to
-    one file take turns on its inode lock: see benchmarks/probe_writes.py).
     """
     total = sum(a.original_size for a in record.archives.values()) + sum(f.size for f in record.files.values())
     with _bar(total, progress, "unpack") as bar, \
@@ -313,40 +315,9 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
         beside = [fetchers.submit(warm_up_decoder)]  # load the kernels while the first archive starts arriving
         beside += [fetchers.submit(_restore_file, source, name, entry, tmp, bar)
                    for name, entry in record.files.items()]
-        _side_by_side([functools.partial(restore, name, entry) for name, entry in record.archives.items()],
+        side_by_side([functools.partial(restore, name, entry) for name, entry in record.archives.items()],
                      source.archives_at_once, bar.update, beside)
     return dst
-
-
-def _side_by_side(calls: list[Callable[[Callable[[int], None]], None]], at_once: int, update: Callable[[int], None],
-                 beside: list[Future] | None = None) -> None:
-    """Run ``call(progress)`` for each call, ``at_once`` at a time, while the work ``beside`` (futures of work
-    already started) goes on; return when all are done.
-
-    ``progress(n)`` passes ``n`` to ``update``, or, once anything has failed, stops the call that reports
-    it: the first failure stops the rest at their next step, and is raised here once they have stopped.
-    """
-    stopped = threading.Event()
-
-    def progress(n: int) -> None:
-        if stopped.is_set():
-            raise _Stopped
-        update(n)
-    with ThreadPoolExecutor(at_once, thread_name_prefix="weightpack-archive") as runners:
-        work = [*(beside or []), *(runners.submit(call, progress) for call in calls)]
-        try:
-            for future in as_completed(work):
-                future.result()
-        except BaseException:
-            stopped.set()
-            for future in work:
-                future.cancel()
-            wait(work)
-            raise
-
-
-class _Stopped(Exception):
-    """A call of ``_side_by_side`` stopped because another one failed (never reported: that failure is)."""
 
 
 # Small files (config, tokenizer, index.json) fetched side by side, beside the archives, as many at once as
@@ -382,11 +353,8 @@ def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool
             verify_archive(path, record.archives.get(path.relative_to(src).as_posix()) if src.is_dir() else None,
                            pool, base_set, progress)
             bar.update(path.stat().st_size)
-        # Two archives at once: each checks its sha256 in one serial pass (~1 GB/s a core), so a sharded
-        # model's shards are checked side by side.
         # (An archive's bytes are counted once it is checked; its jobs' progress only notices a cancellation.)
-        _side_by_side([functools.partial(check, f) for f in archives], LocalFolder.archives_at_once,
-                      lambda n: bar.update(0))
+        side_by_side([functools.partial(check, f) for f in archives], ARCHIVES_AT_ONCE, lambda n: bar.update(0))
     return {"archives": len(archives), "files": len(record.files)}
 
 

@@ -3,13 +3,16 @@
 The numba kernels release the GIL (``nogil=True``), so plain threads run them on every core. Jobs
 are submitted at most ``window`` ahead of the consumer and yielded in submission order, so output
 can be written sequentially while memory holds only a window of results, whatever the input size.
+Whole tasks that each run such jobs (the archives of a folder) run a few at a time with
+``side_by_side``, which stops them all at the first failure.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -48,3 +51,35 @@ def submit(pool: Executor | None, fn: Callable[..., T], *args: Any) -> Future[T]
     future: Future[T] = Future()
     future.set_result(fn(*args))
     return future
+
+
+def side_by_side(calls: list[Callable[[Callable[[int], None]], None]], at_once: int, update: Callable[[int], None],
+                 beside: list[Future] | None = None) -> None:
+    """Run ``call(progress)`` for each call, ``at_once`` at a time, while the work ``beside`` (futures of work
+    already started) goes on; return when all are done.
+
+    ``progress(n)`` passes ``n`` to ``update``, or, once anything has failed, stops the call that reports
+    it: the first failure stops the rest at their next step, and is raised here once they have stopped
+    (``ordered_map`` would raise it only in its turn, and let the calls before it run to their end).
+    """
+    stopped = threading.Event()
+
+    def progress(n: int) -> None:
+        if stopped.is_set():
+            raise _Stopped
+        update(n)
+    with ThreadPoolExecutor(at_once, thread_name_prefix="weightpack-side") as runners:
+        work = [*(beside or []), *(runners.submit(call, progress) for call in calls)]
+        try:
+            for future in as_completed(work):
+                future.result()
+        except BaseException:
+            stopped.set()
+            for future in work:
+                future.cancel()
+            wait(work)
+            raise
+
+
+class _Stopped(Exception):
+    """A call of ``side_by_side`` stopped because another one failed (never reported: that failure is)."""
