@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
-from weightpack import dtypes, minilm
+from weightpack import api, dtypes, minilm
 from weightpack.cli import main
 from weightpack.errors import WeightpackError
 from weightpack.safetensors_layout import write
@@ -104,7 +104,8 @@ def test_identical_tensors_are_stored_once_within_a_file(bf16_tensors: dict, tmp
         assert (f.get_tensor("lm_head.weight") == f.get_tensor("embeddings.word_embeddings.weight")).all()
 
 
-def test_identical_tensors_across_shards_are_stored_once(bf16_tensors: dict, tmp_path: Path) -> None:
+def test_identical_tensors_across_shards_are_stored_once(bf16_tensors: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "sharded"
     src.mkdir()
     names = sorted(bf16_tensors)
@@ -115,6 +116,9 @@ def test_identical_tensors_across_shards_are_stored_once(bf16_tensors: dict, tmp
     write(src / "model-00002-of-00002.safetensors", second)
     packed = weightpack.pack(src, tmp_path / "packed")
     assert (packed / "model-00002-of-00002.wpk").stat().st_size < 0.5 * len(bf16_tensors[emb][2])
+    with monkeypatch.context() as m:  # shards are packed side by side: the second waited for the first
+        m.setattr(api, "ARCHIVES_AT_ONCE", 1)
+        assert sha256_tree(weightpack.pack(src, tmp_path / "one_by_one")) == sha256_tree(packed)
     assert sha256_tree(weightpack.unpack(packed, tmp_path / "restored")) == sha256_tree(src)
     with weightpack.safe_open(packed / "model-00002-of-00002.wpk", framework="np") as f:
         assert f.get_tensor("lm_head.weight").shape == (30522, 384)

@@ -75,9 +75,9 @@ def _both_at_once(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Make ``api.<name>`` wait until a second call of it is under way (an error after 10 s otherwise)."""
     together, original = threading.Barrier(2, timeout=10), getattr(api, name)
 
-    def waiting(*args, **kwargs) -> None:
+    def waiting(*args, **kwargs) -> object:
         together.wait()
-        original(*args, **kwargs)
+        return original(*args, **kwargs)
     monkeypatch.setattr(api, name, waiting)
 
 
@@ -97,6 +97,44 @@ def test_the_shards_of_a_folder_are_verified_side_by_side(minilm_dirs: dict[str,
     packed = _two_shards(minilm_dirs, tmp_path)
     _both_at_once(monkeypatch, "verify_archive")
     assert weightpack.verify(packed) == {"archives": 2, "files": 0}
+
+
+def test_the_shards_of_a_folder_are_packed_side_by_side_into_the_same_bytes(
+        minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each archive's sha256 is one serial pass: two shards are packed at once, and write what packing one
+    after the other writes."""
+    src, one_by_one = _two_shards(minilm_dirs, tmp_path).parent / "two", tmp_path / "one_by_one"
+    with monkeypatch.context() as m:
+        m.setattr(api, "ARCHIVES_AT_ONCE", 1)
+        weightpack.pack(src, one_by_one)
+    _both_at_once(monkeypatch, "pack_archive")
+    assert sha256_tree(weightpack.pack(src, tmp_path / "side_by_side")) == sha256_tree(one_by_one)
+
+
+def test_a_truncated_shard_is_named_and_nothing_is_left(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    src = _two_shards(minilm_dirs, tmp_path).parent / "two"
+    shard = src / "model-2.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])  # its last tensor cut short
+    with pytest.raises(weightpack.WeightpackError, match=r"model-2\.safetensors"):
+        weightpack.pack(src, tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "two"]
+
+
+def test_a_shard_failing_while_packed_stops_the_other(minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _two_shards(minilm_dirs, tmp_path).parent / "two"
+    together, original, progressed = threading.Barrier(2, timeout=10), api.pack_archive, []
+
+    def failing_second(src: Path, tmp: Path, pool, verify, progress, *args) -> object:
+        together.wait()
+        if src.name == "model-2.safetensors":
+            raise weightpack.WeightpackError(f"{src}: the disk is full")
+        return original(src, tmp, pool, verify, lambda n: (progressed.append(n), progress(n)), *args)
+    monkeypatch.setattr(api, "pack_archive", failing_second)
+    with pytest.raises(weightpack.WeightpackError, match=r"model-2\.safetensors: the disk is full"):
+        weightpack.pack(src, tmp_path / "again")
+    assert sum(progressed) < (src / "model-1.safetensors").stat().st_size  # stopped before its end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "two"]
 
 
 def test_a_damaged_shard_stops_the_other_and_leaves_nothing(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:

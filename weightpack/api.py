@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +43,8 @@ from .container import (
 from .errors import CANCEL, WeightpackError, about
 from .parallel import side_by_side
 from .paths import MANIFEST, SAFETENSORS, WPK, destination, existing, walk
-from .sources import BaseSet, Dedup
-from .wpkfile import ArchiveReader, pack_stream, warm_up_decoder
+from .sources import BaseSet, Dedup, Earlier, copies_to_look_for
+from .wpkfile import ArchiveReader, dedup_keys, pack_stream, warm_up_decoder
 
 
 @contextmanager
@@ -210,19 +210,55 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
     with workers(threads, base) as (pool, base_set), \
             _bar(sum(f.stat().st_size for f in plan.weights + plan.others), progress, "pack") as bar, \
             atomic_output(dst, overwrite, directory=True, writes=plan.writes) as tmp:
-        record, dedup = manifest.Manifest(), Dedup()
-        for f in plan.weights:
-            archive = plan.archive(f)
-            (tmp / archive).parent.mkdir(parents=True, exist_ok=True)
-            index = pack_archive(f, tmp / archive, pool, verify, bar.update, base_set, dedup, archive)
-            record.archives[archive] = manifest.Archive(plan.name(f), index.original_size,
-                                                        index.original_sha256.hex())
+        record = manifest.Manifest()
+        for f, index in zip(plan.weights, _pack_shards(plan, tmp, pool, verify, bar.update, base_set)):
+            record.archives[plan.archive(f)] = manifest.Archive(plan.name(f), index.original_size,
+                                                                index.original_sha256.hex())
         for f in plan.others:
             with about(f):
                 record.files[plan.name(f)] = copy_checked(f, tmp / plan.name(f))
             bar.update(f.stat().st_size)
         (tmp / MANIFEST).write_bytes(record.dumps())
     return dst
+
+
+# Local archives packed, restored or verified side by side: a shard's last jobs, index and fsync overlap the
+# next one's work, and two files are written (the writes to one file take turns on its inode lock: see
+# benchmarks/probe_writes.py) or hashed (one serial sha256 pass a file) at once.
+ARCHIVES_AT_ONCE = 2
+
+
+def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: bool,
+                 update: Callable[[int], None], base: BaseSet | None) -> list[Index]:
+    """Pack a folder's safetensors files into ``tmp``, ``ARCHIVES_AT_ONCE`` at a time; their indexes, in order.
+
+    Why side by side: each archive's sha256 is one serial pass (~1 GB/s a core here), and its writes one
+    thread's; two shards at once double both ceilings on many cores. The archives are the bytes a pack
+    of one shard after the other writes: each shard is told beforehand which tensors of earlier shards it
+    may store as copies (``copies_to_look_for``), and one that may copy from an earlier shard waits for it
+    to finish (whose sha256 its index records). Shards are taken in order, so the one waited for has
+    always started.
+    """
+    archives = [plan.archive(f) for f in plan.weights]
+    keys = []
+    for f in plan.weights:
+        with about(f):
+            keys.append(dedup_keys(f))
+    done: list[Future[Index]] = [Future() for _ in archives]
+
+    def pack_one(i: int, earlier: Earlier, before: list[int], progress: Callable[[int], None]) -> None:
+        try:
+            dedup = Dedup.after(earlier, {archives[j]: done[j].result().original_sha256 for j in before})
+            (tmp / archives[i]).parent.mkdir(parents=True, exist_ok=True)
+            done[i].set_result(pack_archive(plan.weights[i], tmp / archives[i], pool, verify, progress, base, dedup,
+                                            archives[i]))
+        except BaseException as exc:  # a shard waiting for this one fails with it
+            done[i].set_exception(exc)
+            raise
+    side_by_side([functools.partial(pack_one, i, *copies)
+                  for i, copies in enumerate(copies_to_look_for(plan.weights, archives, keys))],
+                 ARCHIVES_AT_ONCE, update)
+    return [future.result() for future in done]
 
 
 def unpack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwrite: bool = False,
@@ -261,12 +297,6 @@ class FolderSource(Protocol):
     def archive(self, name: str, pool: ThreadPoolExecutor,
                 base: BaseSet | None) -> AbstractContextManager[ArchiveReader]:
         """An open archive of the folder; reading it may wait for its bytes to arrive."""
-
-
-# Local archives restored or verified side by side: a shard's last jobs, index and fsync overlap the next
-# one's decoding, and two files are written (the writes to one file take turns on its inode lock: see
-# benchmarks/probe_writes.py) or hashed (one serial sha256 pass a file) at once.
-ARCHIVES_AT_ONCE = 2
 
 
 class LocalFolder:

@@ -42,7 +42,7 @@ from .atomic import atomic_output
 from .errors import CANCEL, WeightpackError, about
 from .paths import MANIFEST, destination, destination_in, existing, tree_size
 from .safetensors_layout import TensorEntry
-from .sources import Dedup, Stored
+from .sources import Dedup, Earlier, copies_to_look_for
 from .wpkfile import dedup_keys
 
 MODELS_IN_FLIGHT = 32  # models whose tasks are queued on the cluster at once (this process waits on each)
@@ -263,7 +263,7 @@ class _Cluster:
             tasks += [self._keys.remote(str(f)) for f in weights]
             keys = self._results(tasks, count=False)
             shards: list[Any] = []
-            for f, archive, (earlier, before) in zip(weights, archives, _copies_to_look_for(weights, archives, keys)):
+            for f, archive, (earlier, before) in zip(weights, archives, copies_to_look_for(weights, archives, keys)):
                 (tmp / archive).parent.mkdir(parents=True, exist_ok=True)
                 shards.append(self._pack.remote(str(f), str(tmp / archive), archive, earlier, self.threads, verify,
                                                 base, *[shards[j] for j in before]))
@@ -368,30 +368,6 @@ def _check_reachable(address: str) -> None:
         raise WeightpackError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-Earlier = list[tuple[str, str, TensorEntry, int]]  # (archive, safetensors file, tensor, dedup key)
-
-
-def _copies_to_look_for(weights: list[Path], archives: list[str],
-                        keys: list[list[tuple[TensorEntry, int]]]) -> list[tuple[Earlier, list[int]]]:
-    """For each shard: the tensors of earlier shards it may store as copies, and which shards those are.
-
-    A tensor is a copy candidate of every earlier tensor with its size and key. Given in shard and
-    file order, the first candidate whose bytes match is the earliest tensor with those bytes, the
-    one a one-machine pack stores, so the task finds the same copies (``sources.Dedup``).
-    """
-    seen: dict[tuple[int, int], Earlier] = {}
-    seen_shard: dict[str, int] = {}
-    plans = []
-    for i, (path, archive, tensors) in enumerate(zip(weights, archives, keys)):
-        buckets = dict.fromkeys((t.end - t.start, key) for t, key in tensors)
-        earlier = [entry for bucket in buckets for entry in seen.get(bucket, [])]
-        plans.append((earlier, sorted({seen_shard[entry[0]] for entry in earlier})))
-        for t, key in tensors:
-            seen.setdefault((t.end - t.start, key), []).append((archive, str(path), t, key))
-        seen_shard[archive] = i
-    return plans
-
-
 # The tasks, run on the cluster's workers. Each names its node in any error.
 
 def _node() -> str:
@@ -416,10 +392,7 @@ def _pack_task(src: str, out: str, archive: str, earlier: Earlier, threads: int,
                base: str | os.PathLike | None, *before: dict[str, Any]) -> dict[str, Any]:
     """Pack one file into ``out``; ``before``: the results of the earlier shards it may copy from."""
     def work() -> dict[str, Any]:
-        dedup = Dedup()
-        for name, path, tensor, key in earlier:
-            dedup.add(key, Stored(name, Path(path), tensor))
-        dedup.sha256.update({shard["archive"]: bytes.fromhex(shard["sha256"]) for shard in before})
+        dedup = Dedup.after(earlier, {shard["archive"]: bytes.fromhex(shard["sha256"]) for shard in before})
         with api.workers(threads, base) as (pool, base_set):
             index = api.pack_archive(Path(src), Path(out), pool, verify, _quiet, base_set, dedup, archive)
         return {"archive": archive, "size": index.original_size, "sha256": index.original_sha256.hex(),

@@ -161,3 +161,39 @@ class Dedup:
 
     def add(self, key: int, stored: Stored) -> None:
         self._seen.setdefault((stored.tensor.end - stored.tensor.start, key), []).append(stored)
+
+    @classmethod
+    def after(cls, earlier: Earlier, sha256: dict[str, bytes]) -> Dedup:
+        """What a shard packed apart from the shards before it starts from: their tensors it may store as
+        copies (``copies_to_look_for``), and the sha256 of the originals of the archives they lie in."""
+        dedup = cls()
+        for archive, path, tensor, key in earlier:
+            dedup.add(key, Stored(archive, Path(path), tensor))
+        dedup.sha256.update(sha256)
+        return dedup
+
+
+Earlier = list[tuple[str, str, TensorEntry, int]]  # (archive, safetensors file, tensor, dedup key)
+
+
+def copies_to_look_for(weights: list[Path], archives: list[str],
+                       keys: list[list[tuple[TensorEntry, int]]]) -> list[tuple[Earlier, list[int]]]:
+    """For each shard of a folder (``keys``: its tensors with their ``wpkfile.dedup_key``): the tensors of
+    earlier shards it may store as copies, and which shards those are (it needs their sha256).
+
+    This is what lets shards be packed apart (side by side, or on a cluster's nodes) and still store the
+    copies a pack of one shard after the other stores. A tensor is a copy candidate of every earlier
+    tensor with its size and key. Given in shard and file order, the first candidate whose bytes match
+    is the earliest tensor with those bytes, the one a pack shard after shard stores (``Dedup.find``).
+    """
+    seen: dict[tuple[int, int], Earlier] = {}
+    seen_shard: dict[str, int] = {}
+    plans = []
+    for i, (path, archive, tensors) in enumerate(zip(weights, archives, keys)):
+        buckets = dict.fromkeys((t.end - t.start, key) for t, key in tensors)
+        earlier = [entry for bucket in buckets for entry in seen.get(bucket, [])]
+        plans.append((earlier, sorted({seen_shard[entry[0]] for entry in earlier})))
+        for t, key in tensors:
+            seen.setdefault((t.end - t.start, key), []).append((archive, str(path), t, key))
+        seen_shard[archive] = i
+    return plans
