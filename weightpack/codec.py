@@ -208,7 +208,7 @@ def _plane_model(symbols: np.ndarray, bits: int,
     raw_bytes = bitpack.packed_size(symbols.size, bits)
     states = rans.header_bytes(CHUNK_SYMBOLS) * len(slices)
     # No table codes below the plane's entropy: where even that does not pay (the near-random low
-    # mantissa bytes of F32 and F16), fitting one would be wasted (~10% of packing F16's CPU).
+    # mantissa bytes of F32 and F16), fitting one would be wasted (~7% of packing F16's CPU).
     table = FrequencyTable.fit(counts) if present.size and bound / 8 + states < raw_bytes else None
     if table is not None:
         record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
