@@ -256,6 +256,21 @@ def test_the_next_shard_downloads_while_the_one_before_is_still_decoding(
     assert under_way == [True, True]
 
 
+def test_a_pull_downloads_the_weights_and_the_other_files_before_its_decoder_is_ready(
+        hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing a pull downloads waits for numba's start-up: by the time the first archive is opened for
+    decoding, it and every other file of the repo are downloading (or done)."""
+    wh.push(minilm_dirs["BF16"], "erin/early", token=TOKEN, endpoint=hub.url)
+    under_way = []
+    opened = wh.RepoFiles.archive
+    monkeypatch.setattr(wh.RepoFiles, "archive",
+                        lambda self, name, *a: under_way.append(set(self._downloads)) or opened(self, name, *a))
+    assert sha256_tree(_pull(hub, tmp_path, "erin/early")) == sha256_tree(minilm_dirs["BF16"])
+    others = {p.relative_to(minilm_dirs["BF16"]).as_posix() for p in minilm_dirs["BF16"].rglob("*")
+              if p.is_file() and p.suffix != ".safetensors"}
+    assert under_way == [others | {"model.wpk"}]
+
+
 def test_from_pretrained_decodes_each_archive_while_it_downloads(
         hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The time to a ready model: weights decode into memory as their bytes arrive, not after the

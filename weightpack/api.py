@@ -41,6 +41,7 @@ from .container import (
     Index,
 )
 from .errors import CANCEL, WeightpackError, about
+from .hub import FETCHERS
 from .parallel import side_by_side
 from .paths import MANIFEST, SAFETENSORS, WPK, destination, existing, walk
 from .sources import BaseSet, Dedup, Earlier, copies_to_look_for
@@ -348,13 +349,6 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
         side_by_side([functools.partial(restore, name, entry) for name, entry in record.archives.items()],
                      source.archives_at_once, bar.update, beside)
     return dst
-
-
-# Small files (config, tokenizer, index.json) fetched side by side, beside the archives, as many at once as
-# huggingface_hub's snapshot_download does: each costs a download two round trips (HEAD, then GET), and MiniLM's
-# twelve in waves of 4 (three of them: six round trips, 0.6 s at 100 ms each) made a packed pull 0.3 s slower
-# than the plain one over a distant link, where 8 take two waves.
-FETCHERS = 8
 
 
 def _restore_file(source: FolderSource, name: str, entry: manifest.File, tmp: Path, bar: Progress) -> None:
