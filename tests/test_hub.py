@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 from huggingface_hub import HfApi
 
@@ -269,6 +270,21 @@ def test_a_pull_downloads_the_weights_and_the_other_files_before_its_decoder_is_
     others = {p.relative_to(minilm_dirs["BF16"]).as_posix() for p in minilm_dirs["BF16"].rglob("*")
               if p.is_file() and p.suffix != ".safetensors"}
     assert under_way == [others | {"model.wpk"}]
+
+
+def test_from_pretrained_downloads_the_weights_beside_the_other_files(
+        hub: FakeHub, minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    transformers = pytest.importorskip("transformers")
+    wh.push(minilm_dirs["BF16"], "erin/beside", token=TOKEN, endpoint=hub.url)
+    started = []
+    make, download = wh.RepoFiles.__init__, huggingface_hub.snapshot_download
+    monkeypatch.setattr(wh.RepoFiles, "__init__",
+                        lambda self, *a, **k: started.append("weights") or make(self, *a, **k))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **k: started.append("others") or download(*a, **k))
+    weightpack.from_pretrained(transformers.AutoModel, "erin/beside", token=TOKEN, endpoint=hub.url,
+                               cache_dir=tmp_path / "cache")
+    assert started == ["weights", "others"]
 
 
 def test_from_pretrained_decodes_each_archive_while_it_downloads(

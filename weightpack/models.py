@@ -84,7 +84,8 @@ def _packed_folder(repo_id_or_path: str | os.PathLike, stream: bool,
 
     A local folder holds its archives. A repo id is downloaded into huggingface_hub's cache: all of
     it, or with ``stream`` (decoding on the CPU, online), all but its archives, which then come
-    from the returned ``hub.RepoFiles`` and decode as they download.
+    from the returned ``hub.RepoFiles`` (downloading from the start, beside the other files) and decode
+    as they download.
     """
     path = Path(repo_id_or_path)
     if path.is_dir():
@@ -104,13 +105,14 @@ def _packed_folder(repo_id_or_path: str | os.PathLike, stream: bool,
         # pays for it; numba serialises a kernel's first load, so decoding later simply finds it ready.
         threading.Thread(target=warm_up_decoder, daemon=True).start()
         commit = record_path.parent.name  # the cache's snapshot folder is named by the commit: pinned to it
+        source = None
+        if stream:  # the archives start downloading now (RepoFiles), beside the other files' download
+            with _about_repo(repo_id):
+                archives = list(manifest.read(record_path.parent).archives)
+            source = RepoFiles(repo_id, commit, token=hub.get("token"), cache_dir=hub.get("cache_dir"),
+                               endpoint=hub.get("endpoint"), archives=archives)
         folder = Path(snapshot_download(repo_id, **{**hub, "revision": commit},
                                         ignore_patterns=[f"*{WPK}"] if stream else None))
     if not (folder / MANIFEST).is_file():
         raise WeightpackError(f"{repo_id}: {MANIFEST} disappeared from the download")
-    if not stream:
-        return folder, None
-    with _about_repo(repo_id):
-        archives = list(manifest.read(folder).archives)
-    return folder, RepoFiles(repo_id, commit, token=hub.get("token"), cache_dir=hub.get("cache_dir"),
-                             endpoint=hub.get("endpoint"), archives=archives)
+    return folder, source
