@@ -215,9 +215,8 @@ class RepoFiles:
     downloading when this is made (the manifest checked), and ``files`` (config, tokenizer) beside it,
     ``FETCHERS`` at a time, not once the decoder is loaded: importing numba took ~0.4 s of a pull with
     the link idle. The next archive starts as soon as the one before it has *downloaded*, not once it
-    is decoded. Decoding a
-    file's last stripes and fetching the next one's index then happen while the link carries the
-    next file, instead of leaving the link idle between the shards of a large model.
+    is decoded. Decoding a file's last stripes and fetching the next one's index then happen while the
+    link carries the next file, instead of leaving the link idle between the shards of a large model.
     """
 
     archives_at_once = 1  # they arrive one after the other, and each decodes as it arrives
@@ -269,7 +268,7 @@ class RepoFiles:
         try:
             with self._fetching if name in self._files else contextlib.nullcontext():
                 path = self._get(name)
-        except BaseException as exc:  # handed to whoever opens the archive
+        except BaseException as exc:  # handed to whoever opens the archive or asks for the file
             future.set_exception(exc)
             return
         future.set_result(path)
