@@ -108,7 +108,24 @@ def test_the_shards_of_a_folder_are_packed_side_by_side_into_the_same_bytes(
         m.setattr(api, "ARCHIVES_AT_ONCE", 1)
         weightpack.pack(src, one_by_one)
     _both_at_once(monkeypatch, "pack_archive")
-    assert sha256_tree(weightpack.pack(src, tmp_path / "side_by_side")) == sha256_tree(one_by_one)
+    assert sha256_tree(weightpack.pack(src, tmp_path / "side_by_side", threads=2)) == sha256_tree(one_by_one)
+
+
+def test_one_thread_packs_the_shards_one_after_the_other(minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _two_shards(minilm_dirs, tmp_path).parent / "two"
+    running, most, original = [], [], api.pack_archive
+
+    def counted(*args, **kwargs) -> object:
+        running.append(1)
+        most.append(len(running))
+        try:
+            return original(*args, **kwargs)
+        finally:
+            running.pop()
+    monkeypatch.setattr(api, "pack_archive", counted)
+    weightpack.pack(src, tmp_path / "one_thread", threads=1)
+    assert most == [1, 1]
 
 
 def test_a_truncated_shard_is_named_and_nothing_is_left(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -132,7 +149,7 @@ def test_a_shard_failing_while_packed_stops_the_other(minilm_dirs: dict[str, Pat
         return original(src, tmp, pool, verify, lambda n: (progressed.append(n), progress(n)), *args)
     monkeypatch.setattr(api, "pack_archive", failing_second)
     with pytest.raises(weightpack.WeightpackError, match=r"model-2\.safetensors: the disk is full"):
-        weightpack.pack(src, tmp_path / "again")
+        weightpack.pack(src, tmp_path / "again", threads=2)
     assert sum(progressed) < (src / "model-1.safetensors").stat().st_size  # stopped before its end
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed", "two"]
 

@@ -238,7 +238,7 @@ def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: 
     of one shard after the other writes: each shard is told beforehand which tensors of earlier shards it
     may store as copies (``copies_to_look_for``), and one that may copy from an earlier shard waits for it
     to finish (whose sha256 its index records). Shards are taken in order, so the one waited for has
-    always started.
+    always started. Never more shards at once than coding threads: ``-j 1`` packs one after the other.
     """
     archives = [plan.archive(f) for f in plan.weights]
     keys = []
@@ -258,7 +258,7 @@ def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: 
             raise
     side_by_side([functools.partial(pack_one, i, *copies)
                   for i, copies in enumerate(copies_to_look_for(plan.weights, archives, keys))],
-                 ARCHIVES_AT_ONCE, update)
+                 min(ARCHIVES_AT_ONCE, pool._max_workers), update)
     return [future.result() for future in done]
 
 
