@@ -87,7 +87,7 @@ def test_the_shards_of_a_folder_are_restored_side_by_side(minilm_dirs: dict[str,
     one's decoding, and two files are written at once (writes to one file take turns on its lock)."""
     packed = _two_shards(minilm_dirs, tmp_path)
     _both_at_once(monkeypatch, "restore_archive")
-    restored = weightpack.unpack(packed, tmp_path / "restored")
+    restored = weightpack.unpack(packed, tmp_path / "restored", threads=2)
     assert sha256_tree(restored) == sha256_tree(tmp_path / "two")
 
 
@@ -96,7 +96,7 @@ def test_the_shards_of_a_folder_are_verified_side_by_side(minilm_dirs: dict[str,
     """Verifying checks each archive's sha256, one serial pass a file: two shards are checked at once."""
     packed = _two_shards(minilm_dirs, tmp_path)
     _both_at_once(monkeypatch, "verify_archive")
-    assert weightpack.verify(packed) == {"archives": 2, "files": 0}
+    assert weightpack.verify(packed, threads=2) == {"archives": 2, "files": 0}
 
 
 def test_the_shards_of_a_folder_are_packed_side_by_side_into_the_same_bytes(
@@ -111,21 +111,27 @@ def test_the_shards_of_a_folder_are_packed_side_by_side_into_the_same_bytes(
     assert sha256_tree(weightpack.pack(src, tmp_path / "side_by_side", threads=2)) == sha256_tree(one_by_one)
 
 
-def test_one_thread_packs_the_shards_one_after_the_other(minilm_dirs: dict[str, Path], tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_thread_handles_the_shards_one_after_the_other(minilm_dirs: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-j 1`` means one thread's work: shards are packed, restored and verified one at a time."""
     src = _two_shards(minilm_dirs, tmp_path).parent / "two"
-    running, most, original = [], [], api.pack_archive
+    running, most = [], []
 
-    def counted(*args, **kwargs) -> object:
-        running.append(1)
-        most.append(len(running))
-        try:
-            return original(*args, **kwargs)
-        finally:
-            running.pop()
-    monkeypatch.setattr(api, "pack_archive", counted)
-    weightpack.pack(src, tmp_path / "one_thread", threads=1)
-    assert most == [1, 1]
+    def counted(original):
+        def call(*args, **kwargs) -> object:
+            running.append(1)
+            most.append(len(running))
+            try:
+                return original(*args, **kwargs)
+            finally:
+                running.pop()
+        return call
+    for name in ("pack_archive", "restore_archive", "verify_archive"):
+        monkeypatch.setattr(api, name, counted(getattr(api, name)))
+    packed = weightpack.pack(src, tmp_path / "one_thread", threads=1)
+    weightpack.unpack(packed, tmp_path / "restored", threads=1)
+    weightpack.verify(packed, threads=1)
+    assert most == [1] * 6
 
 
 def test_a_truncated_shard_is_named_and_nothing_is_left(minilm_dirs: dict[str, Path], tmp_path: Path) -> None:

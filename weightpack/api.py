@@ -229,6 +229,11 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
 ARCHIVES_AT_ONCE = 2
 
 
+def _at_once(wanted: int, pool: ThreadPoolExecutor) -> int:
+    """Archives handled side by side: never more than the threads asked for (``-j 1``: one after the other)."""
+    return min(wanted, pool._max_workers)
+
+
 def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: bool,
                  update: Callable[[int], None], base: BaseSet | None) -> list[Index]:
     """Pack a folder's safetensors files into ``tmp``, ``ARCHIVES_AT_ONCE`` at a time; their indexes, in order.
@@ -238,7 +243,7 @@ def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: 
     of one shard after the other writes: each shard is told beforehand which tensors of earlier shards it
     may store as copies (``copies_to_look_for``), and one that may copy from an earlier shard waits for it
     to finish (whose sha256 its index records). Shards are taken in order, so the one waited for has
-    always started. Never more shards at once than coding threads: ``-j 1`` packs one after the other.
+    always started.
     """
     archives = [plan.archive(f) for f in plan.weights]
     keys = []
@@ -258,7 +263,7 @@ def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: 
             raise
     side_by_side([functools.partial(pack_one, i, *copies)
                   for i, copies in enumerate(copies_to_look_for(plan.weights, archives, keys))],
-                 min(ARCHIVES_AT_ONCE, pool._max_workers), update)
+                 _at_once(ARCHIVES_AT_ONCE, pool), update)
     return [future.result() for future in done]
 
 
@@ -347,7 +352,7 @@ def restore_folder(record: manifest.Manifest, source: FolderSource, dst: Path, *
         beside += [fetchers.submit(_restore_file, source, name, entry, tmp, bar)
                    for name, entry in record.files.items()]
         side_by_side([functools.partial(restore, name, entry) for name, entry in record.archives.items()],
-                     source.archives_at_once, bar.update, beside)
+                     _at_once(source.archives_at_once, pool), bar.update, beside)
     return dst
 
 
@@ -378,7 +383,8 @@ def verify(src: str | os.PathLike, *, threads: int | None = None, progress: bool
                            pool, base_set, progress)
             bar.update(path.stat().st_size)
         # (An archive's bytes are counted once it is checked; its jobs' progress only notices a cancellation.)
-        side_by_side([functools.partial(check, f) for f in archives], ARCHIVES_AT_ONCE, lambda n: bar.update(0))
+        side_by_side([functools.partial(check, f) for f in archives], _at_once(ARCHIVES_AT_ONCE, pool),
+                     lambda n: bar.update(0))
     return {"archives": len(archives), "files": len(record.files)}
 
 
