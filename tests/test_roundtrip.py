@@ -61,14 +61,20 @@ def test_sharded_folder_with_index_json_round_trips(minilm_dirs: dict[str, Path]
     assert sha256_tree(weightpack.unpack(packed, tmp_path / "restored")) == sha256_tree(src)
 
 
-def _two_shards(minilm_dirs: dict[str, Path], tmp_path: Path) -> Path:
+def _two_shard_source(minilm_dirs: dict[str, Path], tmp_path: Path) -> Path:
+    """MiniLM BF16 split into two shards, in ``tmp_path / "two"``."""
     tensors = minilm.load(minilm_dirs["BF16"] / minilm.CHECKPOINT)
     src = tmp_path / "two"
     src.mkdir()
     names = list(tensors)
     for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
         write(src / f"model-{k + 1}.safetensors", {n: tensors[n] for n in part}, {"format": "pt"})
-    return weightpack.pack(src, tmp_path / "packed")
+    return src
+
+
+def _two_shards(minilm_dirs: dict[str, Path], tmp_path: Path) -> Path:
+    """Those two shards packed, in ``tmp_path / "packed"``."""
+    return weightpack.pack(_two_shard_source(minilm_dirs, tmp_path), tmp_path / "packed")
 
 
 def _both_at_once(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -103,7 +109,7 @@ def test_the_shards_of_a_folder_are_packed_side_by_side_into_the_same_bytes(
         minilm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each archive's sha256 is one serial pass: two shards are packed at once, and write what packing one
     after the other writes."""
-    src, one_by_one = _two_shards(minilm_dirs, tmp_path).parent / "two", tmp_path / "one_by_one"
+    src, one_by_one = _two_shard_source(minilm_dirs, tmp_path), tmp_path / "one_by_one"
     with monkeypatch.context() as m:
         m.setattr(api, "ARCHIVES_AT_ONCE", 1)
         weightpack.pack(src, one_by_one)
@@ -114,7 +120,7 @@ def test_the_shards_of_a_folder_are_packed_side_by_side_into_the_same_bytes(
 def test_one_thread_handles_the_shards_one_after_the_other(minilm_dirs: dict[str, Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``-j 1`` means one thread's work: shards are packed, restored and verified one at a time."""
-    src = _two_shards(minilm_dirs, tmp_path).parent / "two"
+    src = _two_shard_source(minilm_dirs, tmp_path)
     running, most = [], []
 
     def counted(original):
