@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,27 +47,31 @@ def probe(path: Path, repeat: int) -> dict[str, float]:
     data = [raw[t.start:t.end] for t in tensors]
     specs = [dtypes.layout(t.dtype) for t in tensors]
     split = [planes.split(d, t.dtype) for d, t in zip(data, tensors)]
-    counts = [[codec.chunk_counts(p.size, s.bits) for p, s in zip(ps, ss)] for ps, ss in zip(split, specs)]
+    counts = [[codec.ChunkCounts.zeros(p.size, s) for p, s in zip(ps, ss)] for ps, ss in zip(split, specs)]
     for ps, cs in zip(split, counts):
         for p, c in zip(ps, cs):
-            codec.count_chunks_of(p, c)
-    models = [[codec._plane_model(p, s.bits, c) for p, s, c in zip(ps, ss, cs)]
-              for ps, ss, cs in zip(split, specs, counts)]
+            c.count(p)
+
+    def fresh() -> list[list[codec.ChunkCounts]]:  # each pass its own copy, as a pack has
+        return [[replace(c, rows=c.rows.copy()) for c in cs] for cs in counts]
+    copies = iter([fresh() for _ in range(repeat + 2)])
+    models = [[codec._plane_model(p, s, c) for p, s, c in zip(ps, ss, cs)]
+              for ps, ss, cs in zip(split, specs, next(copies))]
     stripe = {t.name: codec.CHUNK_SYMBOLS * dtypes.itemsize(t.dtype) for t in tensors}
 
     def histograms() -> None:
         for ps, cs in zip(split, counts):
             for p, c in zip(ps, cs):
-                c[:] = 0
-                codec.count_chunks_of(p, c)
+                c.rows[:], c.sample_bits[:] = 0, 0
+                c.count(p)
 
     return {
         "sha256 of the file": best(lambda: hashlib.sha256(raw).digest(), repeat),
         "split into planes": best(lambda: [planes.split_into(d, t.dtype, ps)
                                            for d, t, ps in zip(data, tensors, split)], repeat),
         "histograms by chunk": best(histograms, repeat),
-        "plane models (tables, modes)": best(lambda: [[codec._plane_model(p, s.bits, c) for p, s, c in zip(ps, ss, cs)]
-                                                      for ps, ss, cs in zip(split, specs, counts)], repeat),
+        "plane models (tables, modes)": best(lambda: [[codec._plane_model(p, s, c) for p, s, c in zip(ps, ss, cs)]
+                                                      for ps, ss, cs in zip(split, specs, next(copies))], repeat),
         "chunks coded (rANS, bits, XXH64)": best(lambda: [[job() for _, jobs in ms for job in jobs]
                                                           for ms in models], repeat),
         "stripe XXH64 of the original": best(lambda: [[stripe_hash(d[a:a + stripe[t.name]], a)

@@ -7,8 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightpack import rans
-from weightpack.entropy import FrequencyTable, _largest, _normalise, count_chunks, entropy_bits, histogram
+from weightpack import codec, rans
+from weightpack.dtypes import Plane
+from weightpack.entropy import (
+    SAMPLE_MIN,
+    SAMPLE_RUN,
+    SAMPLE_STEP,
+    FrequencyTable,
+    _largest,
+    _normalise,
+    count_chunks,
+    entropy_bits,
+    histogram,
+)
 from weightpack.errors import FormatError
 
 
@@ -142,25 +153,51 @@ def _coded(records: list, stripes) -> list:
 def test_a_plane_codes_the_same_whether_its_chunks_were_counted_while_read_or_by_its_model() -> None:
     """Pack counts a large tensor's chunk histograms block by block as it reads them, side by side; the
     archive must not depend on where the counting happened."""
-    from weightpack import codec
-
     rng = np.random.default_rng(5)
     n = 3 * codec.CHUNK_SYMBOLS + 1000
     skewed = np.minimum(rng.geometric(0.05, n), 1023).astype(np.uint16)  # 10 bits, like BF16's heads
     c = codec.CHUNK_SYMBOLS
     skewed[c:2 * c] //= 4  # a chunk whose statistics differ: a table of its own
     skewed[2 * c:3 * c] = rng.integers(0, 1024, c)  # one coding cannot shrink: raw
-    noise = rng.integers(0, 64, n).astype(np.uint8)  # 6 bits, random: a raw plane
-    planes, widths = [skewed, noise], [10, 6]
-    counts = [codec.chunk_counts(n, bits) for bits in widths]
+    noise = rng.integers(0, 64, n).astype(np.uint8)  # 6 bits, random: a raw plane, known so from samples
+    planes, specs = [skewed, noise], [Plane("exponent_top", 10), Plane("sign_mantissa", 6)]
+    counts = [codec.ChunkCounts.zeros(n, spec) for spec in specs]
     for first in range(0, n, 2 * codec.CHUNK_SYMBOLS):  # two blocks of whole chunks, as pack reads them
         rows = slice(first // codec.CHUNK_SYMBOLS, -(-min(first + 2 * codec.CHUNK_SYMBOLS, n) // codec.CHUNK_SYMBOLS))
         for plane, plane_counts in zip(planes, counts):
-            codec.count_chunks_of(plane[first:first + 2 * codec.CHUNK_SYMBOLS], plane_counts[rows])
+            plane_counts.count(plane[first:first + 2 * codec.CHUNK_SYMBOLS], rows)
     transforms = [codec.TRANSFORM_NONE] * 2
-    by_model = _coded(*codec.encode_planes(planes, widths, transforms, None))
-    counted_while_read = _coded(*codec.encode_planes(planes, widths, transforms, None, counts))
+    by_model = _coded(*codec.encode_planes(planes, specs, transforms, None))
+    counted_while_read = _coded(*codec.encode_planes(planes, specs, transforms, None, counts))
     assert by_model == counted_while_read
     assert [record[0] for record in by_model[:2]] == [codec.CODEC_RANS, codec.CODEC_RAW]
     modes = {mode for _, _, mode, _ in by_model[2::2]}  # the first plane's chunks (stripe by stripe)
     assert modes == {codec.CHUNK_PLANE, codec.CHUNK_OWN, codec.CHUNK_RAW}  # every mode took part
+    assert list(counts[1].sampled()) == [True, True, True, False]  # the last chunk, 1000 symbols, counted whole
+
+
+@settings(max_examples=40, deadline=None)
+@given(chunks=st.lists(st.sampled_from(["random", "skewed"]), min_size=1, max_size=4), short_tail=st.booleans(),
+       bits=st.sampled_from([2, 6, 8]), seed=st.integers(0, 2**32 - 1))
+def test_a_chunk_is_counted_from_a_sample_only_where_the_sample_shows_it_cannot_be_coded(
+        chunks: list[str], short_tail: bool, bits: int, seed: int) -> None:
+    """A chunk sampled and found near-random keeps its sample's counts (a run of SAMPLE_RUN symbols every
+    SAMPLE_STEP) and an entropy estimate at or above the threshold; any other chunk is counted whole, and so
+    is one too short to sample (under SAMPLE_MIN symbols), random or not."""
+    rng, chunk, threshold = np.random.default_rng(seed), 3 * SAMPLE_MIN, 0.995 * bits
+    chunks = chunks + ["short"] * short_tail
+    parts = {"random": lambda: rng.integers(0, 1 << bits, chunk),
+             "skewed": lambda: np.minimum(rng.geometric(0.3, chunk), (1 << bits) - 1),
+             "short": lambda: rng.integers(0, 1 << bits, SAMPLE_MIN - 1)}
+    pieces = [parts[kind]().astype(np.uint8) for kind in chunks]
+    symbols = np.concatenate(pieces)
+    rows, sample_bits = np.zeros((len(pieces), 1 << bits), np.int64), np.zeros(len(pieces))
+    count_chunks(symbols, chunk, rows, sample_bits, threshold)
+    for piece, row, estimate, kind in zip(pieces, rows, sample_bits, chunks):
+        sample = np.concatenate([piece[a:a + SAMPLE_RUN] for a in range(0, piece.size, SAMPLE_STEP)])
+        if estimate > 0:
+            assert kind == "random" and estimate >= threshold
+            assert np.array_equal(row, np.bincount(sample, minlength=1 << bits))
+        else:
+            assert kind != "random"  # a skewed chunk, or a short one
+            assert np.array_equal(row, np.bincount(piece, minlength=1 << bits))

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
-from weightpack import api, dtypes, minilm
+from weightpack import api, codec, dtypes, minilm
+from weightpack.container import read_index
 from weightpack.safetensors_layout import write
 from weightpack.wpkfile import JOB_BYTES, ArchiveReader, pack_stream
 
@@ -272,3 +273,25 @@ def test_small_tensors_are_coded_and_decoded_in_shared_jobs(tmp_path: Path) -> N
             assert pool.jobs <= jobs
     assert all(loaded[name].view(np.float16).tolist() == t.tolist() for name, t in tensors.items())
     assert weightpack.unpack(wpk, tmp_path / "back.safetensors").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("middle", ["zeros", "skewed"])
+def test_a_low_mantissa_byte_stores_its_random_chunks_raw_and_codes_the_others(tmp_path: Path, middle: str) -> None:
+    """An F32 tensor whose middle chunk's low mantissa byte is not random (zeros: a BF16 model cast up;
+    or skewed): its random chunks are stored raw, known so from their samples, and the middle one is coded
+    with the plane's table, fitted to it alone. Restored byte-identical."""
+    c = codec.CHUNK_SYMBOLS
+    rng = np.random.default_rng(1)
+    words = rng.normal(0, 0.02, 3 * c).astype(np.float32).view(np.uint32)
+    low = np.zeros(c, np.uint32) if middle == "zeros" else np.minimum(rng.geometric(0.2, c), 255).astype(np.uint32)
+    words[c:2 * c] = (words[c:2 * c] & np.uint32(0xFFFFFF00)) | low
+    src = tmp_path / "w.safetensors"
+    safetensors.numpy.save_file({"w": words.view(np.float32)}, src)
+    wpk = weightpack.pack(src, tmp_path / "w.wpk")
+    assert weightpack.unpack(wpk, tmp_path / "back.safetensors").read_bytes() == src.read_bytes()
+    with wpk.open("rb") as f:
+        (tensor,) = [seg for seg in read_index(f, wpk.stat().st_size).segments if seg.name == "w"]
+    low_byte = tensor.planes[-1]  # mantissa_0
+    assert low_byte.codec == codec.CODEC_RANS and low_byte.params
+    assert [chunk.mode for chunk in low_byte.chunks] == [codec.CHUNK_RAW, codec.CHUNK_PLANE, codec.CHUNK_RAW]
+    assert tensor.planes[-2].codec == codec.CODEC_RAW  # mantissa_1: random throughout

@@ -13,6 +13,10 @@ the whole plane, and each chunk picks what costs it least, table bytes included:
 
 A plane with one symbol value costs two bytes (``CODEC_CONST``); a plane no chunk can shrink is
 stored raw (``CODEC_RAW``, bit-packed).
+
+The chunks' histograms drive every choice. A float's low mantissa planes are nearly random and nearly
+always stored raw, so their chunks are counted from a sample of one symbol in eight first, and whole only
+where the sample shows that coding might pay (``ChunkCounts``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from .container import (
     PlaneRecord,
     unzstd,
 )
+from .dtypes import Plane
 from .entropy import FrequencyTable, count_chunks, entropy_bits, histogram
 from .errors import FormatError, damage
 from .parallel import ordered_map, submit
@@ -125,24 +130,75 @@ def undo_word_difference(delta: np.ndarray, reference: np.ndarray, itemsize: int
 Stripe = list[EncodedChunk | None]  # chunk k of every plane of a tensor (None: a constant plane has no chunks)
 
 
-def chunk_counts(n: int, bits: int) -> np.ndarray:
-    """Zeros for the histogram of each chunk of a plane of ``n`` symbols (``count_chunks_of`` fills them)."""
-    return np.zeros((-(-n // CHUNK_SYMBOLS), 1 << bits), np.int64)
+# A chunk of a nearly random plane whose sample estimates its entropy at this share of the plane's width or
+# more is stored raw without being counted whole: coding it would have to save MIN_CODING_GAIN, and no
+# table codes below a chunk's entropy. The other half of MIN_CODING_GAIN is the margin for the sample's
+# error (under 0.006 bits a symbol on every chunk of MiniLM's near-random planes).
+SAMPLED_RAW_SHARE = 1 - MIN_CODING_GAIN / 2
 
 
-def count_chunks_of(symbols: np.ndarray, counts: np.ndarray) -> None:
-    """Add the histogram of each chunk of ``symbols`` (a run of whole chunks of a plane, but the last) to
-    its row of ``counts``."""
-    count_chunks(symbols, CHUNK_SYMBOLS, counts)
+@dataclass
+class ChunkCounts:
+    """A plane's histogram of each chunk (a row of ``rows`` each), as its model needs them.
+
+    A nearly random plane (``dtypes.Plane.nearly_random``: F32's low mantissa bytes, BF16's sign and low
+    mantissa bits) is nearly always stored raw, and counting every symbol of it was most of packing's
+    histogram time for nothing (~1 ns of ~9 a BF16 weight, ~3 of ~17 an F32 one). Its chunks are counted
+    from a sample first: ``sample_bits[k] > 0`` says the sample of chunk ``k`` (its row) showed it cannot be
+    coded, and estimates its entropy, in bits a symbol.
+    """
+
+    rows: np.ndarray
+    sample_bits: np.ndarray
+    plane: Plane
+
+    @classmethod
+    def zeros(cls, n: int, plane: Plane) -> ChunkCounts:
+        """Empty counts for a plane of ``n`` symbols."""
+        chunks = -(-n // CHUNK_SYMBOLS)
+        return cls(np.zeros((chunks, 1 << plane.bits), np.int64), np.zeros(chunks), plane)
+
+    def count(self, symbols: np.ndarray, rows: slice = slice(None)) -> None:
+        """Count ``symbols``: a run of whole chunks of the plane (but the last), those of ``rows``."""
+        sample = self.plane.nearly_random
+        count_chunks(symbols, CHUNK_SYMBOLS, self.rows[rows], self.sample_bits[rows] if sample else None,
+                     SAMPLED_RAW_SHARE * self.plane.bits)
+
+    def sampled(self) -> np.ndarray:
+        """Which chunks were sampled and found to be stored raw (a bool each)."""
+        return self.sample_bits > 0
+
+    def known_raw(self, sampled: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+        """For a plane some of whose chunks were ``sampled``: which chunks are known to be stored raw (sampled,
+        or counted whole with as high an entropy), and the plane's bound in bits (``info``'s plane bound) for
+        its ``n`` symbols, estimated.
+
+        Where every chunk is near-random, the bound is the sum of the chunks' (their samples' estimates for
+        sampled ones): within a thousandth of a bit a symbol of the plane's on MiniLM. Otherwise (rare: a few
+        chunks of an F32 embedding's low bytes) it is the entropy of the plane's counts, sampled rows scaled
+        up to their chunk's size: the chunks differ, and the plane's bound is more than the sum of theirs."""
+        raw, threshold = sampled.copy(), SAMPLED_RAW_SHARE * self.plane.bits
+        sizes = np.minimum(CHUNK_SYMBOLS, n - CHUNK_SYMBOLS * np.arange(len(raw)))
+        bound = float((sizes[sampled] * self.sample_bits[sampled]).sum())
+        for k in np.flatnonzero(~sampled):
+            bits = entropy_bits(self.rows[k])
+            raw[k], bound = bits >= threshold * sizes[k], bound + bits
+        if not raw.all():
+            scale = np.where(sampled, sizes / self.rows.sum(axis=1), 1.0)
+            p = (self.rows * scale[:, None]).sum(axis=0) / n
+            p = p[p > 0]
+            bound = -n * float((p * np.log2(p)).sum())
+        return raw, math.ceil(bound)
 
 
-def encode_planes(planes: list[np.ndarray], widths: list[int], transforms: list[int],
-                  pool: Executor | None, counts: list[np.ndarray] | None = None
+def encode_planes(planes: list[np.ndarray], specs: list[Plane], transforms: list[int],
+                  pool: Executor | None, counts: list[ChunkCounts] | None = None
                   ) -> tuple[list[PlaneRecord], Iterator[Stripe]]:
     """Code a tensor's planes: their records, and their chunks stripe by stripe, in order.
 
     ``planes`` are what is coded: for a delta, already transformed as ``transforms`` record.
-    ``counts``: each plane's chunk histograms (``chunk_counts``), if counted already. A large tensor's
+    ``specs``: what each plane is (``dtypes.layout``). ``counts``: each plane's chunk histograms, if counted
+    already. A large tensor's
     are counted by the jobs that split its blocks, side by side; counted by each plane's modelling
     job instead, a plane of a large tensor was one thread's pass while the other cores waited.
 
@@ -153,8 +209,8 @@ def encode_planes(planes: list[np.ndarray], widths: list[int], transforms: list[
     once every stripe has been consumed.
     """
     counts = counts or [None] * len(planes)
-    models = [future.result() for future in [submit(pool, _plane_model, p, w, c)
-                                             for p, w, c in zip(planes, widths, counts)]]
+    models = [future.result() for future in [submit(pool, _plane_model, p, spec, c)
+                                             for p, spec, c in zip(planes, specs, counts)]]
     for (record, _), transform in zip(models, transforms):
         record.transform = transform
     jobs = [chunk_jobs for _, chunk_jobs in models]
@@ -192,35 +248,51 @@ def _encode_chunk(symbols: np.ndarray, counts: np.ndarray, bits: int, shared: Fr
     return EncodedChunk(_rans_stream(symbols, shared))
 
 
-def _plane_model(symbols: np.ndarray, bits: int,
-                 per_chunk: np.ndarray | None) -> tuple[PlaneRecord, list[Callable[[], EncodedChunk]]]:
+def _plane_model(symbols: np.ndarray, spec: Plane,
+                 per_chunk: ChunkCounts | None) -> tuple[PlaneRecord, list[Callable[[], EncodedChunk]]]:
     """A plane's record (its codec, and its table if rANS) and the job coding each of its chunks;
-    ``per_chunk``: its chunks' histograms, if counted already."""
+    ``per_chunk``: its chunks' histograms, if counted already.
+
+    Chunks known to be stored raw (``ChunkCounts.known_raw``: sampled) are left out of the plane's table,
+    which is fitted to the chunks that may use it; a plane none of whose chunks may is stored raw."""
+    bits = spec.bits
     if per_chunk is None:
-        per_chunk = chunk_counts(symbols.size, bits)
-        count_chunks_of(symbols, per_chunk)
-    counts = per_chunk.sum(axis=0)
-    bound = math.ceil(entropy_bits(counts))
-    present = np.flatnonzero(counts)
-    if present.size == 1:
-        return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
-    slices = _chunks(symbols.size, CHUNK_SYMBOLS)
-    raw_bytes = bitpack.packed_size(symbols.size, bits)
-    states = rans.header_bytes(CHUNK_SYMBOLS) * len(slices)
-    # No table codes below the plane's entropy: where even that does not pay (the near-random low
-    # mantissa bytes of F32 and F16), fitting one would be wasted (~7% of packing F16's CPU).
-    table = FrequencyTable.fit(counts) if present.size and bound / 8 + states < raw_bytes else None
+        per_chunk = ChunkCounts.zeros(symbols.size, spec)
+        per_chunk.count(symbols)
+    slices, sampled = _chunks(symbols.size, CHUNK_SYMBOLS), per_chunk.sampled()
+    raw_plane = [functools.partial(_raw_chunk, symbols[s], bits) for s in slices]
+    if sampled.any():
+        raw, bound = per_chunk.known_raw(sampled, symbols.size)
+        if raw.all():
+            return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), raw_plane
+        counts = per_chunk.rows[~raw].sum(axis=0)
+        entropy = entropy_bits(counts)
+    else:  # every chunk counted whole: the plane's exact bound
+        raw, counts = sampled, per_chunk.rows.sum(axis=0)
+        entropy = entropy_bits(counts)
+        bound = math.ceil(entropy)
+        present = np.flatnonzero(counts)
+        if present.size == 1:
+            return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
+    coded = [s for s, known_raw in zip(slices, raw) if not known_raw]
+    raw_bytes = sum(bitpack.packed_size(s.stop - s.start, bits) for s in coded)
+    states = rans.header_bytes(CHUNK_SYMBOLS) * len(coded)
+    # No table codes below the entropy: where even that does not pay (the near-random low mantissa bytes
+    # of F32 and F16), fitting one would be wasted (~7% of packing F16's CPU).
+    table = FrequencyTable.fit(counts) if entropy / 8 + states < raw_bytes else None
     if table is not None:
         record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
         if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
-            return record, [functools.partial(_encode_chunk, symbols[s], per_chunk[k], bits, table)
+            return record, [functools.partial(_raw_chunk, symbols[s], bits, CHUNK_RAW) if raw[k] else
+                            functools.partial(_encode_chunk, symbols[s], per_chunk.rows[k], bits, table)
                             for k, s in enumerate(slices)]
-    return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
-            [functools.partial(_raw_chunk, symbols[s], bits) for s in slices])
+    return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), raw_plane
 
 
-def _raw_chunk(symbols: np.ndarray, bits: int) -> EncodedChunk:
-    return EncodedChunk(bitpack.pack(symbols, bits))
+def _raw_chunk(symbols: np.ndarray, bits: int, mode: int = CHUNK_PLANE) -> EncodedChunk:
+    """A chunk bit-packed: of a raw plane (``CHUNK_PLANE``, as every chunk of a codec but rANS), or a raw
+    chunk of a rANS plane (``CHUNK_RAW``)."""
+    return EncodedChunk(bitpack.pack(symbols, bits), mode)
 
 
 def _drop_unused_tables(records: list[PlaneRecord], stripes: Iterator[Stripe]) -> Iterator[Stripe]:

@@ -45,6 +45,12 @@ class Plane:
     def symbol_dtype(self) -> np.dtype:
         return np.dtype(np.uint8 if self.bits <= 8 else np.uint16)
 
+    @property
+    def nearly_random(self) -> bool:
+        """A float's low mantissa plane (``sign_mantissa`` and ``mantissa_<k>``, of more than one bit): nearly
+        always stored raw, so ``codec`` counts it from a sample first."""
+        return self.bits > 1 and self.name.startswith(("sign_mantissa", "mantissa_"))
+
 
 def itemsize(dtype: str) -> int:
     """Bytes per element of a safetensors dtype; FormatError for dtypes weightpack does not know."""

@@ -61,20 +61,57 @@ def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
     return counts
 
 
-def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray) -> None:
+# A sample: runs of SAMPLE_RUN symbols every SAMPLE_STEP, one symbol in ~8. The step is not a power of two,
+# so that the runs drift across the columns of a tensor whose rows are (a column set apart from the others
+# is seen in its share), and a run is a 64-byte cache line of an 8-bit plane. Chunks shorter than SAMPLE_MIN
+# are always counted whole: their sample would be too small to tell near-random from nearly so.
+SAMPLE_RUN, SAMPLE_STEP, SAMPLE_MIN = 64, 520, 1 << 14
+
+
+def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray, sample_bits: np.ndarray | None = None,
+                 threshold: float = 0.0) -> None:
     """Add to row ``k`` of ``counts`` (zeros, ``2**width`` columns) the histogram of the ``k``-th run of
     ``chunk`` symbols (the last may be shorter).
 
     A plane coder needs both the plane's counts (for its table) and each chunk's (for the chunk's
     mode): their rows sum to the plane's, so the symbols are counted once, not twice.
+
+    ``sample_bits`` (zeros, a float per row): count each chunk of at least ``SAMPLE_MIN`` symbols from a
+    sample first; where the sample's entropy estimate (``sample_entropy``) is at least ``threshold`` bits
+    a symbol, its row keeps the sample's counts and ``sample_bits[k]`` the estimate, else the chunk is
+    counted whole. A sample costs ~0.2 ns a symbol here against ~1.05 for counting every one.
     """
-    _count_chunks(symbols, chunk, counts, np.empty(4 * counts.shape[1], np.int64))
+    none = np.zeros(0, np.float64)
+    _count_chunks(symbols, chunk, counts, np.empty(4 * counts.shape[1], np.int64),
+                  none if sample_bits is None else sample_bits, threshold)
 
 
 @njit(cache=True, nogil=True)
-def _count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray, parts: np.ndarray) -> None:
+def _count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray, parts: np.ndarray, sample_bits: np.ndarray,
+                  threshold: float) -> None:
     for k in range(counts.shape[0]):
-        _count(symbols[k * chunk:(k + 1) * chunk], counts[k], parts)
+        part = symbols[k * chunk:(k + 1) * chunk]
+        if sample_bits.size and part.size >= SAMPLE_MIN:
+            row = counts[k]
+            for start in range(0, part.size, SAMPLE_STEP):
+                for i in range(start, min(start + SAMPLE_RUN, part.size)):
+                    row[part[i]] += 1
+            estimate = sample_entropy(row)
+            if estimate >= threshold:
+                sample_bits[k] = estimate
+                continue
+            for s in range(row.size):
+                row[s] = 0
+        _count(part, counts[k], parts)
+
+
+@njit(cache=True, nogil=True)
+def sample_entropy(counts: np.ndarray) -> float:
+    """Entropy in bits a symbol of the distribution ``counts`` were sampled from, estimated with the
+    Miller-Madow correction: the empirical entropy of a sample is low by about (present values - 1) /
+    (2 samples ln 2), ~0.011 bits for a near-random 8-bit chunk's sample of 32 Ki symbols."""
+    total = _sum(counts)
+    return (entropy_bits(counts) + (present_symbols(counts) - 1) / (2 * np.log(2))) / total
 
 
 @njit(cache=True, nogil=True)

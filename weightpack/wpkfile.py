@@ -139,7 +139,7 @@ class _TensorInput:
 
     def __init__(self, tensor: TensorEntry, key: int, read: Callable[[int, int], np.ndarray],
                  data: np.ndarray | None = None, planes: list[np.ndarray] | None = None,
-                 hashes: list[int] | None = None, counts: list[np.ndarray] | None = None) -> None:
+                 hashes: list[int] | None = None, counts: list[codec.ChunkCounts] | None = None) -> None:
         self.tensor, self.key, self.read = tensor, key, read  # key: see dedup_key
         self._data, self._planes, self._hashes = data, planes, hashes
         self.counts = counts  # each plane's chunk histograms, where counted while reading (codec.encode_planes)
@@ -182,7 +182,7 @@ def _read_in_blocks(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: E
     read = _reader(fd, tensor)
     specs = dtypes.layout(tensor.dtype)
     arrays = [np.empty(count, spec.symbol_dtype) for spec in specs]
-    counts = [codec.chunk_counts(count, spec.bits) for spec in specs]
+    counts = [codec.ChunkCounts.zeros(count, spec) for spec in specs]
 
     def block(first: int) -> tuple[np.ndarray, list[int]]:
         end = min(first + READ_ELEMENTS, count)
@@ -190,7 +190,7 @@ def _read_in_blocks(fd: int, tensor: TensorEntry, digest: _Sha256Behind, pool: E
         planes.split_into(data, tensor.dtype, [array[first:end] for array in arrays])
         rows = slice(first // codec.CHUNK_SYMBOLS, -(-end // codec.CHUNK_SYMBOLS))  # a block is whole chunks
         for array, plane_counts in zip(arrays, counts):
-            codec.count_chunks_of(array[first:end], plane_counts[rows])
+            plane_counts.count(array[first:end], rows)
         return data, _stripe_hashes(data, codec.CHUNK_SYMBOLS * size, tensor.start + first * size)
     key, hashes = 0, []
     blocks = ordered_map(pool, (functools.partial(block, first) for first in range(0, count, READ_ELEMENTS)))
@@ -269,7 +269,7 @@ def _tensor_segment(src: Path, item: _TensorInput, base: BaseSet | None, dedup: 
     def code(pool: Executor | None) -> Coded:
         """Every plane's table fitted side by side (on the pool if any), then their stripes, lazily."""
         seg.hashes = item.hashes
-        return codec.encode_planes(coded_planes or item.planes, [spec.bits for spec in specs], transforms, pool,
+        return codec.encode_planes(coded_planes or item.planes, specs, transforms, pool,
                                    None if coded_planes else item.counts)
     return seg, code
 
