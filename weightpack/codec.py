@@ -50,7 +50,7 @@ from .container import (
 from .dtypes import Plane
 from .entropy import FrequencyTable, count_chunks, entropy_bits, histogram
 from .errors import FormatError, damage
-from .parallel import ordered_map, submit
+from .parallel import ordered_map
 
 CHUNK_SYMBOLS = 1 << 18
 BYTES_CHUNK = 1 << 22  # verbatim runs (headers, gaps) go through zstd in chunks of 4 MiB
@@ -209,8 +209,8 @@ def encode_planes(planes: list[np.ndarray], specs: list[Plane], transforms: list
     once every stripe has been consumed.
     """
     counts = counts or [None] * len(planes)
-    models = [future.result() for future in [submit(pool, _plane_model, p, spec, c)
-                                             for p, spec, c in zip(planes, specs, counts)]]
+    models = list(ordered_map(pool, (functools.partial(_plane_model, p, spec, c)
+                                     for p, spec, c in zip(planes, specs, counts))))
     for (record, _), transform in zip(models, transforms):
         record.transform = transform
     jobs = [chunk_jobs for _, chunk_jobs in models]

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed, wait
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 WINDOW_PER_THREAD = 2  # jobs in flight per worker: one running, one queued, so no worker waits on the consumer
@@ -42,15 +42,6 @@ def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: 
         for future in pending:
             future.cancel()
         wait(pending)
-
-
-def submit(pool: Executor | None, fn: Callable[..., T], *args: Any) -> Future[T]:
-    """``pool.submit``, or run now (in this thread) without a pool."""
-    if pool is not None:
-        return pool.submit(fn, *args)
-    future: Future[T] = Future()
-    future.set_result(fn(*args))
-    return future
 
 
 def side_by_side(calls: list[Callable[[Callable[[int], None]], None]], at_once: int, update: Callable[[int], None],
