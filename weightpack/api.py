@@ -193,7 +193,8 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike | None = None, *, overwr
          base: str | os.PathLike | None = None) -> Path:
     """Pack a safetensors file or a model folder; return the destination.
 
-    ``verify`` decodes each new archive and checks its sha256 against the source before publishing it.
+    ``verify`` decodes each new archive before publishing it, every stripe checked against the XXH64 of the
+    source's bytes recorded while packing (not its sha256 again: see docs/FORMAT.md, *Integrity*).
     ``threads`` defaults to every core; ``progress`` shows a tqdm bar on stderr. ``base`` (a file or
     folder, plain or packed) codes tensors matching a base tensor by name, dtype and shape as a delta
     to it; unpacking then needs the same base. Tensors identical to one stored earlier (in the same
