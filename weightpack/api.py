@@ -42,7 +42,7 @@ from .container import (
 )
 from .errors import CANCEL, WeightpackError, about
 from .hub import FETCHERS
-from .parallel import side_by_side
+from .parallel import side_by_side, thread_count
 from .paths import MANIFEST, SAFETENSORS, WPK, destination, existing, walk
 from .sources import BaseSet, Dedup, Earlier, copies_to_look_for
 from .wpkfile import ArchiveReader, dedup_keys, pack_stream, warm_up_decoder
@@ -232,7 +232,7 @@ ARCHIVES_AT_ONCE = 2
 
 def _at_once(wanted: int, pool: ThreadPoolExecutor) -> int:
     """Archives handled side by side: never more than the threads asked for (``-j 1``: one after the other)."""
-    return min(wanted, pool._max_workers)
+    return min(wanted, thread_count(pool))
 
 
 def _pack_shards(plan: FolderPlan, tmp: Path, pool: ThreadPoolExecutor, verify: bool,

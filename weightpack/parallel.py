@@ -19,6 +19,11 @@ T = TypeVar("T")
 WINDOW_PER_THREAD = 2  # jobs in flight per worker: one running, one queued, so no worker waits on the consumer
 
 
+def thread_count(pool: Executor | None) -> int:
+    """The threads of ``pool``: what sizes windows and jobs (1 without a pool: this thread does the work)."""
+    return getattr(pool, "_max_workers", 1)
+
+
 def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: int | None = None) -> Iterator[T]:
     """Run ``jobs`` on ``pool`` (or one by one in this thread if None), yielding results in order.
 
@@ -29,7 +34,7 @@ def ordered_map(pool: Executor | None, jobs: Iterable[Callable[[], T]], window: 
     if pool is None:
         yield from (job() for job in jobs)
         return
-    window = window or WINDOW_PER_THREAD * getattr(pool, "_max_workers", 4)
+    window = window or WINDOW_PER_THREAD * thread_count(pool)
     pending: deque[Future] = deque()
     try:
         for job in jobs:

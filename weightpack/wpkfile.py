@@ -46,7 +46,7 @@ from .container import (
 )
 from .entropy import entropy_bits, histogram
 from .errors import FormatError, IntegrityError, WeightpackError, damage
-from .parallel import WINDOW_PER_THREAD, ordered_map
+from .parallel import WINDOW_PER_THREAD, ordered_map, thread_count
 from .safetensors_layout import TensorEntry, read_layout
 from .sources import BaseSet, Dedup, Stored, read_exact, read_exact_into
 from .stripe import Stripe, StripeDecoder, decode_run
@@ -115,7 +115,7 @@ def job_bytes(total: int, pool: Executor | None) -> int:
     benchmarks/RESULTS.md). On few threads small jobs are faster: a job's chunks and output then stay
     in the core's cache between its read, its decoding and its write.
     """
-    threads = getattr(pool, "_max_workers", 1)
+    threads = thread_count(pool)
     size = min(MAX_JOB_BYTES, JOB_BYTES * max(1, threads // THREADS_PER_MIB))
     return max(JOB_BYTES, min(size, total // (MIN_JOBS_PER_THREAD * threads)))
 
@@ -333,7 +333,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
     run: list[tuple[Segment, Callable[[Executor | None], Coded]]] = []
 
     # With one coding thread, the reading thread is the second core: it splits the blocks itself.
-    splitters = pool if getattr(pool, "_max_workers", 1) > 1 else None
+    splitters = pool if thread_count(pool) > 1 else None
     with open(src, "rb") as f, closing(_read_ahead(f.fileno(), spans, digest, splitters)) as reads:
         for span, item in reads:
             start, end, tensor = span
@@ -351,7 +351,7 @@ def _pack_spans(src: Path, spans: list, digest: _Sha256Behind, out: BinaryIO, po
                 if end in run_ends:
                     pending.append(([seg for seg, _ in run], pool.submit(code_small, [code for _, code in run])))
                     run = []
-                    flush(WINDOW_PER_THREAD * getattr(pool, "_max_workers", PARALLEL_CHUNKS))
+                    flush(WINDOW_PER_THREAD * thread_count(pool))
             progress(end - start)
         flush(0)
     index = Index(sum(s.length for s in segments), digest.digest(), segments, sources.list)
