@@ -208,6 +208,24 @@ def bench_startup(tmp: Path, repeat: int) -> dict:
     return times
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, all) CPU ticks of the machine so far, from /proc/stat ((0, 0) elsewhere). On a virtual
+    machine the hypervisor may give the cores to other guests: that time is *stolen*, and every wall time
+    measured meanwhile stretches. The share stolen during a table says how far to trust it."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
+def stolen_since(before: tuple[int, int]) -> float:
+    """The share of the machine's CPU time stolen since ``cpu_ticks()`` returned ``before``."""
+    stolen, total = cpu_ticks()
+    return (stolen - before[0]) / max(1, total - before[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
@@ -236,7 +254,7 @@ def main() -> None:
         for dtype in minilm.DTYPES:
             path = minilm.write_variant(tmp / dtype, dtype, with_extras=False) / minilm.CHECKPOINT
             original = path.read_bytes()
-            rows = []
+            rows, ticks = [], cpu_ticks()
             for threads in thread_counts:
                 file_rows, report = bench_files(path, tmp, threads, args.repeat)
                 rows += [*file_rows, bench_zipnn(original, dtype, threads, args.repeat)]
@@ -244,7 +262,9 @@ def main() -> None:
             tensor_bytes = report["tensor_bytes"]
             bound = (len(original) - tensor_bytes + report["tensor_bound_bytes"]) / len(original)
             classic = classic_bound(path)
+            stolen = stolen_since(ticks)
             results["dtypes"][dtype] = {"original_bytes": len(original), "order0_bound_ratio": bound,
+                                        "cpu_stolen": stolen,
                                         "classic_order0_bound_ratio": classic,
                                         "tensor_packed_ratio": report["tensor_packed_bytes"] / tensor_bytes,
                                         "tensor_bound_ratio": report["tensor_bound_bytes"] / tensor_bytes,
@@ -266,6 +286,8 @@ def main() -> None:
             busy = [r for r in rows if "decode_cores" in r]
             print("cores kept busy (CPU time / wall time of the best run), encode / decode: " +
                   ", ".join(f"{r['codec']} {r['encode_cores']:.2f} / {r['decode_cores']:.2f}" for r in busy))
+            print(f"CPU time stolen by the hypervisor meanwhile: {100 * stolen:.0f}% (above a few %, these wall "
+                  "times stretch unevenly: compare within a quiet table only)")
             print()
         results["startup_seconds"] = startup = bench_startup(tmp, args.repeat)
     print(f"start-up, short commands on a 128 KiB file, each in a fresh process (best of {args.repeat}; cold: once):")
