@@ -173,7 +173,7 @@ def test_a_plane_codes_the_same_whether_its_chunks_were_counted_while_read_or_by
     assert [record[0] for record in by_model[:2]] == [codec.CODEC_RANS, codec.CODEC_RAW]
     modes = {mode for _, _, mode, _ in by_model[2::2]}  # the first plane's chunks (stripe by stripe)
     assert modes == {codec.CHUNK_PLANE, codec.CHUNK_OWN, codec.CHUNK_RAW}  # every mode took part
-    assert list(counts[1].sampled()) == [True, True, True, False]  # the last chunk, 1000 symbols, counted whole
+    assert list(counts[1].sampled) == [True, True, True, False]  # the last chunk, 1000 symbols, counted whole
 
 
 @settings(max_examples=40, deadline=None)

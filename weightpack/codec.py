@@ -164,19 +164,21 @@ class ChunkCounts:
         count_chunks(symbols, CHUNK_SYMBOLS, self.rows[rows], self.sample_bits[rows] if sample else None,
                      SAMPLED_RAW_SHARE * self.plane.bits)
 
+    @property
     def sampled(self) -> np.ndarray:
         """Which chunks were sampled and found to be stored raw (a bool each)."""
         return self.sample_bits > 0
 
-    def known_raw(self, sampled: np.ndarray, n: int) -> tuple[np.ndarray, int]:
-        """For a plane some of whose chunks were ``sampled``: which chunks are known to be stored raw (sampled,
-        or counted whole with as high an entropy), and the plane's bound in bits (``info``'s plane bound) for
+    def known_raw(self, n: int) -> tuple[np.ndarray, int]:
+        """For a plane some of whose chunks were sampled: which chunks are known to be stored raw (sampled, or
+        counted whole with as high an entropy), and the plane's bound in bits (``info``'s plane bound) for
         its ``n`` symbols, estimated.
 
         Where every chunk is near-random, the bound is the sum of the chunks' (their samples' estimates for
         sampled ones): within a thousandth of a bit a symbol of the plane's on MiniLM. Otherwise (rare: a few
         chunks of an F32 embedding's low bytes) it is the entropy of the plane's counts, sampled rows scaled
         up to their chunk's size: the chunks differ, and the plane's bound is more than the sum of theirs."""
+        sampled = self.sampled
         raw, threshold = sampled.copy(), SAMPLED_RAW_SHARE * self.plane.bits
         sizes = np.minimum(CHUNK_SYMBOLS, n - CHUNK_SYMBOLS * np.arange(len(raw)))
         bound = float((sizes[sampled] * self.sample_bits[sampled]).sum())
@@ -259,34 +261,31 @@ def _plane_model(symbols: np.ndarray, spec: Plane,
     if per_chunk is None:
         per_chunk = ChunkCounts.zeros(symbols.size, spec)
         per_chunk.count(symbols)
-    slices, sampled = _chunks(symbols.size, CHUNK_SYMBOLS), per_chunk.sampled()
-    raw_plane = [functools.partial(_raw_chunk, symbols[s], bits) for s in slices]
-    if sampled.any():
-        raw, bound = per_chunk.known_raw(sampled, symbols.size)
-        if raw.all():
-            return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), raw_plane
+    slices = _chunks(symbols.size, CHUNK_SYMBOLS)
+    if per_chunk.sampled.any():
+        raw, bound = per_chunk.known_raw(symbols.size)
         counts = per_chunk.rows[~raw].sum(axis=0)
-        entropy = entropy_bits(counts)
     else:  # every chunk counted whole: the plane's exact bound
-        raw, counts = sampled, per_chunk.rows.sum(axis=0)
-        entropy = entropy_bits(counts)
-        bound = math.ceil(entropy)
+        raw, counts = per_chunk.sampled, per_chunk.rows.sum(axis=0)
+        bound = math.ceil(entropy_bits(counts))
         present = np.flatnonzero(counts)
         if present.size == 1:
             return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
-    coded = [s for s, known_raw in zip(slices, raw) if not known_raw]
-    raw_bytes = sum(bitpack.packed_size(s.stop - s.start, bits) for s in coded)
-    states = rans.header_bytes(CHUNK_SYMBOLS) * len(coded)
-    # No table codes below the entropy: where even that does not pay (the near-random low mantissa bytes
-    # of F32 and F16), fitting one would be wasted (~7% of packing F16's CPU).
-    table = FrequencyTable.fit(counts) if entropy / 8 + states < raw_bytes else None
-    if table is not None:
-        record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
-        if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
-            return record, [functools.partial(_raw_chunk, symbols[s], bits, CHUNK_RAW) if raw[k] else
-                            functools.partial(_encode_chunk, symbols[s], per_chunk.rows[k], bits, table)
-                            for k, s in enumerate(slices)]
-    return PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""), raw_plane
+    if not raw.all():
+        coded = [s for s, known_raw in zip(slices, raw) if not known_raw]
+        raw_bytes = sum(bitpack.packed_size(s.stop - s.start, bits) for s in coded)
+        states = rans.header_bytes(CHUNK_SYMBOLS) * len(coded)
+        # No table codes below the entropy: where even that does not pay (near-random low mantissa bytes
+        # counted whole), fitting one would be wasted (~7% of packing F16's CPU, before samples).
+        table = FrequencyTable.fit(counts) if entropy_bits(counts) / 8 + states < raw_bytes else None
+        if table is not None:
+            record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
+            if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:
+                return record, [functools.partial(_raw_chunk, symbols[s], bits, CHUNK_RAW) if raw[k] else
+                                functools.partial(_encode_chunk, symbols[s], per_chunk.rows[k], bits, table)
+                                for k, s in enumerate(slices)]
+    return (PlaneRecord(CODEC_RAW, bits, bound, CHUNK_SYMBOLS, b""),
+            [functools.partial(_raw_chunk, symbols[s], bits) for s in slices])
 
 
 def _raw_chunk(symbols: np.ndarray, bits: int, mode: int = CHUNK_PLANE) -> EncodedChunk:
