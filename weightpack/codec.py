@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -193,7 +193,7 @@ class ChunkCounts:
         return raw, math.ceil(bound)
 
 
-def encode_planes(planes: list[np.ndarray], specs: list[Plane], transforms: list[int],
+def encode_planes(planes: list[np.ndarray], specs: Sequence[Plane], transforms: list[int],
                   pool: Executor | None, counts: list[ChunkCounts] | None = None
                   ) -> tuple[list[PlaneRecord], Iterator[Stripe]]:
     """Code a tensor's planes: their records, and their chunks stripe by stripe, in order.

@@ -18,6 +18,7 @@ of ``bits`` bits in a uint8 array, or uint16 for planes wider than 8 bits.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,10 +74,11 @@ def fields(dtype: str) -> tuple[int, int, int, int, int]:
     return size, ebits, rest, rest % 8, rest // 8
 
 
-def layout(dtype: str) -> list[Plane]:
+@functools.cache  # asked for each tensor packed, read or described; a dtype's planes never change
+def layout(dtype: str) -> tuple[Plane, ...]:
     """The planes a tensor of ``dtype`` is split into, in storage order."""
     size, ebits, _, low_bits, low_bytes = fields(dtype)
     if ebits == 0:
-        return [Plane(f"byte_{k}", 8) for k in range(size - 1, -1, -1)]
-    return ([Plane("exponent_top", ebits + TOP_MANTISSA_BITS), Plane("sign_mantissa", 1 + low_bits)]
-            + [Plane(f"mantissa_{k}", 8) for k in range(low_bytes - 1, -1, -1)])
+        return tuple(Plane(f"byte_{k}", 8) for k in range(size - 1, -1, -1))
+    return (Plane("exponent_top", ebits + TOP_MANTISSA_BITS), Plane("sign_mantissa", 1 + low_bits),
+            *(Plane(f"mantissa_{k}", 8) for k in range(low_bytes - 1, -1, -1)))
