@@ -33,6 +33,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import zstandard
+from steal import cpu_ticks, stolen_since
 
 import weightpack
 from weightpack import minilm
@@ -206,24 +207,6 @@ def bench_startup(tmp: Path, repeat: int) -> dict:
             subprocess.run(command, env=env, check=True)
             times[label] = min(times.get(label, math.inf), time.perf_counter() - start)
     return times
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(stolen, all) CPU ticks of the machine so far, from /proc/stat ((0, 0) elsewhere). On a virtual
-    machine the hypervisor may give the cores to other guests: that time is *stolen*, and every wall time
-    measured meanwhile stretches. The share stolen during a table says how far to trust it."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
-
-
-def stolen_since(before: tuple[int, int]) -> float:
-    """The share of the machine's CPU time stolen since ``cpu_ticks()`` returned ``before``."""
-    stolen, total = cpu_ticks()
-    return (stolen - before[0]) / max(1, total - before[1])
 
 
 def main() -> None:

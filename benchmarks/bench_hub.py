@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from huggingface_hub import HfApi  # noqa: E402
+from steal import cpu_ticks, stolen_since  # noqa: E402
 
 import weightpack  # noqa: E402
 from tests.hub_server import FakeHub  # noqa: E402
@@ -126,8 +127,8 @@ def main() -> None:
             shards = f" in {args.shards} shards" if args.shards > 1 else ""
             models.append((f"synthetic BF16 {args.gib:g} GiB{shards}", big, False))
         print("| model | link cap MB/s (achieved) | step | original repo | packed repo | speed-up | "
-              "peak RSS orig / packed | disk orig / packed |")
-        print("|---|---|---|---|---|---|---|---|")
+              "peak RSS orig / packed | disk orig / packed | CPU stolen |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for label, folder, with_model in models:
             hub.latency = 0.0  # publishing is not timed
             plain, packed = publish(hub, folder, label.split()[0].lower() + label.split()[-1].replace(".", ""))
@@ -140,13 +141,17 @@ def main() -> None:
                 if with_model:
                     kinds.append(("model", "plain-model", "packed-model", False))
                 for what, plain_kind, packed_kind, cold in kinds:
+                    ticks = cpu_ticks()
                     a, b = step(plain_kind, plain, hub, tmp), step(packed_kind, packed, hub, tmp, cold)
-                    results.append({"model": label, "rate_MBps": rate, "to": what, "original": a, "packed": b})
+                    stolen = stolen_since(ticks)
+                    results.append({"model": label, "rate_MBps": rate, "to": what, "original": a, "packed": b,
+                                    "cpu_stolen": stolen})
                     achieved = tree_bytes(folder) / a["seconds"] / 1e6
                     print(f"| {label} | {rate:.0f} ({achieved:.0f}) | to {what} | {a['seconds']:.2f} s | "
                           f"{b['seconds']:.2f} s | "
                           f"**{a['seconds'] / b['seconds']:.2f}x** | {a['peak_rss'] / 2**20:.0f} / "
-                          f"{b['peak_rss'] / 2**20:.0f} MiB | {a['disk'] / 1e6:.0f} / {b['disk'] / 1e6:.0f} MB |",
+                          f"{b['peak_rss'] / 2**20:.0f} MiB | {a['disk'] / 1e6:.0f} / {b['disk'] / 1e6:.0f} MB | "
+                          f"{100 * stolen:.0f}% |",
                           flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
