@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import weightpack
-from weightpack import api, codec, dtypes, minilm
+from weightpack import api, codec, dtypes, minilm, wpkfile
 from weightpack.container import read_index
 from weightpack.safetensors_layout import write
 from weightpack.wpkfile import JOB_BYTES, ArchiveReader, pack_stream
@@ -295,3 +295,43 @@ def test_a_low_mantissa_byte_stores_its_random_chunks_raw_and_codes_the_others(t
     assert low_byte.codec == codec.CODEC_RANS and low_byte.params
     assert [chunk.mode for chunk in low_byte.chunks] == [codec.CHUNK_RAW, codec.CHUNK_PLANE, codec.CHUNK_RAW]
     assert tensor.planes[-2].codec == codec.CODEC_RAW  # mantissa_1: random throughout
+
+
+def test_large_tensors_of_one_shape_reuse_planes_and_restore_byte_identical(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's layers repeat their shapes: a large tensor's planes, once written, are reused for a later
+    large tensor of its dtype and about its size (at most twice as large: a view of its start). Every
+    tensor still restores exactly, each with its own content."""
+    reused = []
+
+    class Recording(wpkfile._PlaneBuffers):
+        def take(self, dtype: str, count: int) -> list[np.ndarray]:
+            planes = super().take(dtype, count)
+            reused.append(planes[0].base is not None)  # kept planes come back as views, new ones do not
+            return planes
+
+    monkeypatch.setattr(wpkfile, "_PlaneBuffers", Recording)
+    monkeypatch.setattr(wpkfile, "READ_AHEAD_BYTES", 0)  # as with tensors of 64 MB: only the next one read ahead
+    rng = np.random.default_rng(3)
+    n = wpkfile.READ_ELEMENTS
+    sizes = [n + 5, 2 * n, n + 5, 2 * n, n + 1000]
+    tensors = {f"layer.{i}.weight": (rng.standard_normal(size) * 10.0 ** -i).astype(np.float16)
+               for i, size in enumerate(sizes)}  # scales differ: a tensor decoded from another's planes would show
+    src = tmp_path / "layers.safetensors"
+    safetensors.numpy.save_file(tensors, src)
+    wpk = weightpack.pack(src, tmp_path / "layers.wpk", verify=False)
+    assert reused == [False, False, True, True, False]  # the third and fourth reuse the first's and second's
+    assert weightpack.unpack(wpk, tmp_path / "back.safetensors").read_bytes() == src.read_bytes()
+
+
+def test_kept_planes_serve_a_tensor_of_their_dtype_and_at_least_half_their_size() -> None:
+    buffers, n = wpkfile._PlaneBuffers(), wpkfile.READ_ELEMENTS
+    first = buffers.take("F16", 2 * n)
+    buffers.give("F16", first)
+    again = buffers.take("F16", n + 1)  # a view of the kept planes' start
+    assert all(a.base is b and a.size == n + 1 for a, b in zip(again, first))
+    buffers.give("F16", again)  # kept whole again, not as the view
+    assert buffers.take("BF16", n + 1)[0].base is None  # another dtype: new planes (and the kept ones dropped)
+    buffers.give("F16", first)
+    assert buffers.take("F16", n - 1)[0].base is None  # under half their size: new planes
+    assert buffers.take("F16", 2 * n)[0] is not first[0]  # nothing kept any more
