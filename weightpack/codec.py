@@ -265,9 +265,11 @@ def _plane_model(symbols: np.ndarray, spec: Plane,
     if per_chunk.sampled.any():
         raw, bound = per_chunk.known_raw(symbols.size)
         counts = per_chunk.rows[~raw].sum(axis=0)
+        entropy = entropy_bits(counts)  # of the chunks that may be coded
     else:  # every chunk counted whole: the plane's exact bound
         raw, counts = per_chunk.sampled, per_chunk.rows.sum(axis=0)
-        bound = math.ceil(entropy_bits(counts))
+        entropy = entropy_bits(counts)
+        bound = math.ceil(entropy)
         present = np.flatnonzero(counts)
         if present.size == 1:
             return PlaneRecord(CODEC_CONST, bits, bound, 0, int(present[0]).to_bytes(2, "little")), []
@@ -277,7 +279,7 @@ def _plane_model(symbols: np.ndarray, spec: Plane,
         states = rans.header_bytes(CHUNK_SYMBOLS) * len(coded)
         # No table codes below the entropy: where even that does not pay (near-random low mantissa bytes
         # counted whole), fitting one would be wasted (~7% of packing F16's CPU, before samples).
-        table = FrequencyTable.fit(counts) if entropy_bits(counts) / 8 + states < raw_bytes else None
+        table = FrequencyTable.fit(counts) if entropy / 8 + states < raw_bytes else None
         if table is not None:
             record = PlaneRecord(CODEC_RANS, bits, bound, CHUNK_SYMBOLS, table.to_bytes())
             if table.coded_bits(counts) / 8 + len(record.params) + states < raw_bytes:

@@ -66,6 +66,7 @@ def histogram(symbols: np.ndarray, width: int) -> np.ndarray:
 # is seen in its share), and a run is a 64-byte cache line of an 8-bit plane. Chunks shorter than SAMPLE_MIN
 # are always counted whole: their sample would be too small to tell near-random from nearly so.
 SAMPLE_RUN, SAMPLE_STEP, SAMPLE_MIN = 64, 520, 1 << 14
+_NO_SAMPLE = np.zeros(0)  # ``sample_bits`` of a plane counted whole: empty, never written
 
 
 def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray, sample_bits: np.ndarray | None = None,
@@ -81,9 +82,8 @@ def count_chunks(symbols: np.ndarray, chunk: int, counts: np.ndarray, sample_bit
     a symbol, its row keeps the sample's counts and ``sample_bits[k]`` the estimate, else the chunk is
     counted whole. A sample costs ~0.2 ns a symbol here against ~1.05 for counting every one.
     """
-    none = np.zeros(0, np.float64)
     _count_chunks(symbols, chunk, counts, np.empty(4 * counts.shape[1], np.int64),
-                  none if sample_bits is None else sample_bits, threshold)
+                  _NO_SAMPLE if sample_bits is None else sample_bits, threshold)
 
 
 @njit(cache=True, nogil=True)
