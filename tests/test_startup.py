@@ -173,3 +173,20 @@ def test_a_cached_kernel_that_needs_numbas_runtime_gets_it(tmp_path: Path) -> No
                                 env=env)
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == ["3.0", hits]
+
+
+def test_the_program_gives_numpys_blas_one_thread_unless_the_environment_says(bf16_wpk: Path,
+                                                                              tmp_path: Path) -> None:
+    """OpenBLAS starts a thread per core when numpy loads it, each spinning ~0.1 s for work weightpack never
+    gives it (see ``cli.run``); a number the user set is theirs."""
+    code = ("import atexit, os, sys\n"
+            "atexit.register(lambda: print(os.environ.get('OPENBLAS_NUM_THREADS'), 'numpy' in sys.modules))\n"
+            "sys.argv[0] = 'weightpack'\nfrom weightpack.cli import run\nrun()")
+    for given, expected in ((None, "1"), ("3", "3")):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+        env.update({"OPENBLAS_NUM_THREADS": given} if given else {})
+        result = subprocess.run([sys.executable, "-c", code, "unpack", str(bf16_wpk), "-o",
+                                 str(tmp_path / f"{expected}.safetensors"), "-q"], capture_output=True, text=True,
+                                env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [expected, "True"]
