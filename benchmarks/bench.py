@@ -9,7 +9,9 @@ page cache; weightpack also fsyncs what it publishes), each run into a new file,
 turns (see ``alternate``); zstd and zipnn work on bytes in memory and
 write nothing. zipnn reorders the buffer it is given in place, so it gets a fresh copy each time
 (made outside the timing). weightpack's pack is timed without and with its default post-pack
-verification, and its unpack without and with ``--sha256``. Under each table: how many cores each
+verification, and its unpack without and with ``--sha256``; its last column also decodes in memory
+(``weightpack.load_file(path, "np")``: every tensor into numpy arrays, every chunk and stripe checked,
+nothing written), as zipnn's decode does. Under each table: how many cores each
 file-to-file run kept busy (its CPU time over its wall time), which bounds what a second thread can add.
 """
 
@@ -72,12 +74,20 @@ class Timed:
     """One timed operation of a file-to-file codec: ``run()`` writes ``output``, which is removed before
     each run (outside the timing), so that every run writes a new file, as a user does. Replacing the
     last run's output instead would time freeing its pages too, and an output still being freed (in
-    the background, where weightpack replaces a file) would slow the next run's writes."""
+    the background, where weightpack replaces a file) would slow the next run's writes. An operation
+    into memory (``output`` None) keeps what its last run returned in ``result`` until the next starts."""
 
     run: Callable[[], object]
-    output: Path
+    output: Path | None
     best: float = math.inf
     cores: float = 0.0  # CPU time over wall time of the best run: how many cores it kept busy
+    result: object = None
+
+    def clear(self) -> None:
+        """Free the last run's output, outside the timing."""
+        if self.output is not None:
+            self.output.unlink(missing_ok=True)
+        self.result = None
 
 
 def cpu_seconds() -> float:
@@ -92,9 +102,9 @@ def alternate(ops: list[Timed], repeat: int) -> None:
     machines, and their ratio moved by a third between runs of this script."""
     for _ in range(repeat):
         for op in ops:
-            op.output.unlink(missing_ok=True)
+            op.clear()
             start, cpu = time.perf_counter(), cpu_seconds()
-            op.run()
+            op.result = op.run()
             seconds = time.perf_counter() - start
             if seconds < op.best:
                 op.best, op.cores = seconds, (cpu_seconds() - cpu) / seconds
@@ -123,7 +133,8 @@ def bench_files(path: Path, tmp: Path, threads: int, repeat: int) -> tuple[list[
     pack_verified = Timed(lambda: weightpack.pack(path, wpk, threads=threads), wpk)
     unpack = Timed(lambda: weightpack.unpack(wpk, back, threads=threads), back)
     unpack_sha256 = Timed(lambda: weightpack.unpack(wpk, back, threads=threads, sha256=True), back)
-    encodes, decodes = [pack, pack_verified], [unpack, unpack_sha256]
+    load = Timed(lambda: weightpack.load_file(wpk, "np", threads=threads), None)
+    encodes, decodes = [pack, pack_verified], [unpack, unpack_sha256, load]
     try:
         import lmz
     except ImportError:
@@ -141,6 +152,9 @@ def bench_files(path: Path, tmp: Path, threads: int, repeat: int) -> tuple[list[
              back.read_bytes() == original)
     wp.update(encode_verified_MBps=len(original) / pack_verified.best / 1e6,
               decode_sha256_MBps=len(original) / unpack_sha256.best / 1e6,
+              decode_in_memory_MBps=len(original) / load.best / 1e6,
+              lossless_in_memory=all(load.result[t.name].tobytes() == original[t.start:t.end]
+                                     for t in read_layout(path).tensors),
               encode_cores=pack.cores, decode_cores=unpack.cores)
     theirs = (row(f"lmz workers={threads}", original, packed.stat().st_size, compress.best, decompress.best,
                   back_lmz.read_bytes() == original) if lmz is not None
@@ -256,13 +270,14 @@ def main() -> None:
                   f"{100 * classic:.3f}%; order-0 of weightpack's planes {100 * bound:.3f}%; "
                   f"weightpack {100 * rows[0]['ratio']:.3f}%")
             print(f"| {'codec':<18} | {'packed/original':>15} | {'encode MB/s':>11} | {'decode MB/s':>11} | lossless "
-                  "| weightpack: encode + verify, decode + sha256 |")
+                  "| weightpack: encode + verify, decode + sha256, decode in memory |")
             print(f"|{'-' * 20}|{'-' * 17}|{'-' * 13}|{'-' * 13}|----------|---|")
             for r in rows:
                 if "error" in r:
                     print(f"| {r['codec']:<18} | {r['error']} |")
                     continue
-                extra = (f"{r['encode_verified_MBps']:.0f}, {r['decode_sha256_MBps']:.0f}"
+                extra = (f"{r['encode_verified_MBps']:.0f}, {r['decode_sha256_MBps']:.0f}, "
+                         f"{r['decode_in_memory_MBps']:.0f}{'' if r['lossless_in_memory'] else ' (NOT lossless)'}"
                          if "encode_verified_MBps" in r else "")
                 print(f"| {r['codec']:<18} | {100 * r['ratio']:14.2f}% | {r['encode_MBps']:11.0f} | "
                       f"{r['decode_MBps']:11.0f} | {'yes' if r['lossless'] else 'NO'} | {extra} |")
