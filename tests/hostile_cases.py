@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 from weightpack.container import CHUNK_OWN, CHUNK_RAW, PREAMBLE, Index
 
@@ -184,6 +186,11 @@ FOLDER_CASES: list[tuple[str, Callable, str]] = [
     ("pack a folder without safetensors", (lambda tmp, model, packed: (
         ["pack", str(_edit(_mkdir(tmp / "bin") / "pytorch_model.bin", b"pickle").parent)], tmp / "bin")),
      "no .safetensors files"),
+    ("pack a device", (lambda tmp, model, packed: (["pack", os.devnull], Path(os.devnull))),
+     "not a regular file or folder"),
+    ("unpack a named pipe", (lambda tmp, model, packed: (
+        ["unpack", str(_fifo(tmp / "pipe.wpk")), "-o", str(tmp / "out")], tmp / "pipe.wpk")),
+     "not a regular file or folder"),
     ("pack a folder holding a symbolic link loop", (lambda tmp, model, packed: (
         ["pack", str(_symlink(model / "loop", model).parent)], model / "loop")), "symbolic link loop"),
     ("pack a folder holding a dangling link", (lambda tmp, model, packed: (
@@ -208,6 +215,11 @@ FOLDER_CASES: list[tuple[str, Callable, str]] = [
 
 def _mkdir(path):
     path.mkdir()
+    return path
+
+
+def _fifo(path):
+    os.mkfifo(path)
     return path
 
 

@@ -136,4 +136,6 @@ def existing(src: str | os.PathLike) -> Path:
         raise WeightpackError(f"{src}: no such file or folder")
     if not src.exists():
         raise WeightpackError(f"{src}: dangling symbolic link")
+    if not (src.is_file() or src.is_dir()):  # a device, a named pipe, a socket: no checkpoint, and reading may block
+        raise WeightpackError(f"{src}: not a regular file or folder")
     return src
