@@ -125,22 +125,35 @@ def test_a_first_pack_compiles_one_rans_encoder_and_one_checksum_kernel(tmp_path
     assert result.stdout.split() == ["1", "1"]
 
 
-def test_numba_imported_beside_other_threads_hides_nothing_from_them() -> None:
-    """Packages numba's import merely probes (PyYAML, SciPy) read as absent only while it is imported in a
-    process's only thread: imported beside another thread (``pull`` imports it beside its first Hub
-    requests), they never read as absent to it, as a concurrent ``import yaml`` would find."""
+def test_numba_imported_beside_other_threads_skips_what_it_only_probes() -> None:
+    """numba's import probes SciPy and PyYAML (see ``jit._import_numba``); imported on a thread beside others,
+    as ``pull`` imports it beside its first Hub requests, it still goes without them."""
     code = ("import sys, threading\n"
-            "seen, stop = set(), threading.Event()\n"
-            "def watch():\n"
-            "    while not stop.is_set():\n"
-            "        seen.update(n for n in ('yaml', 'scipy') if n in sys.modules and sys.modules[n] is None)\n"
-            "threading.Thread(target=watch, daemon=True).start()\n"
-            "import weightpack.jit\n"
-            "stop.set()\n"
-            "print(sorted(seen) or 'nothing')")
+            "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+            "loader = threading.Thread(target=__import__, args=('weightpack.jit',))\n"
+            "loader.start(); loader.join()\n"
+            "print('weightpack.jit' in sys.modules, 'scipy' in sys.modules, 'yaml' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["nothing"]
+    assert result.stdout.split() == ["True", "False", "False"]
+
+
+def test_what_numbas_import_skips_is_hidden_from_its_thread_only() -> None:
+    """Another thread importing SciPy or PyYAML while numba is imported gets it, as a user's thread would."""
+    code = ("import importlib, sys, threading\n"
+            "from weightpack.jit import _Absent\n"
+            "sys.meta_path.insert(0, _Absent(['colorsys']))\n"
+            "try:\n"
+            "    importlib.import_module('colorsys')\n"
+            "    print('imported')\n"
+            "except ModuleNotFoundError:\n"
+            "    print('absent')\n"
+            "other = threading.Thread(target=importlib.import_module, args=('colorsys',))\n"
+            "other.start(); other.join()\n"
+            "print('colorsys' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["absent", "True"]
 
 
 def test_a_warm_unpack_starts_nothing_only_other_numba_code_needs(bf16_wpk: Path, tmp_path: Path) -> None:

@@ -50,34 +50,49 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
 import os
 import sys
 import threading
 from collections.abc import Callable
 
 
+class _Absent(importlib.abc.MetaPathFinder):
+    """Packages that read as not installed to the thread that made this finder, and to no other: put ahead
+    of every finder while numba is imported, it hides what numba's import merely probes (``_import_numba``)
+    without touching ``sys.modules``, which every thread shares."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names, self.thread = frozenset(names), threading.get_ident()
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name in self.names and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None  # anyone else's import, or another package: the other finders' business
+
+
 def _import_numba() -> None:
-    """Import numba without the optional packages its import merely probes: ~25 ms of every short command.
+    """Import numba without the optional packages its import merely probes: ~25 ms of every short command,
+    and of the decoder's warm-up beside a pull's first requests.
 
     numba's ``__init__`` imports SciPy only to check that its version is not too old, and
     ``numba.core.config`` imports PyYAML only to read a ``.numba_config.yaml`` in the working directory.
-    While numba is imported they read as absent (unless that file exists, or they are imported already);
-    afterwards nothing is changed: numba imports SciPy again, as usual, where it uses it (linear algebra).
-    Only in a process's only thread: another thread importing either meanwhile would find it missing
-    (``pull`` imports numba on a thread beside huggingface_hub's requests).
+    While numba is imported they read as absent (unless that file exists, or they are imported already),
+    to the importing thread only (``_Absent``): another thread importing either meanwhile gets it as usual
+    (``pull`` imports numba on a thread beside huggingface_hub's requests). Afterwards nothing is changed:
+    numba imports SciPy again, as usual, where it uses it (linear algebra).
     """
     if "numba" in sys.modules:
         return
-    alone = threading.current_thread() is threading.main_thread() and threading.active_count() == 1
-    hidden = [name for name in ("scipy", "yaml") if name not in sys.modules] if alone else []
+    hidden = [name for name in ("scipy", "yaml") if name not in sys.modules]
     if os.path.exists(".numba_config.yaml") and "yaml" in hidden:
         hidden.remove("yaml")
-    sys.modules.update(dict.fromkeys(hidden))  # None: ``import scipy`` raises ImportError
+    finder = _Absent(hidden)
+    sys.meta_path.insert(0, finder)
     try:
         import numba  # noqa: F401
     finally:
-        for name in hidden:
-            del sys.modules[name]
+        sys.meta_path.remove(finder)
 
 
 _import_numba()
