@@ -50,17 +50,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.abc
 import os
 import sys
 import threading
 from collections.abc import Callable
 
 
-class _Absent(importlib.abc.MetaPathFinder):
+class _Absent:
     """Packages that read as not installed to the thread that made this finder, and to no other: put ahead
     of every finder while numba is imported, it hides what numba's import merely probes (``_import_numba``)
-    without touching ``sys.modules``, which every thread shares."""
+    without touching ``sys.modules``, which every thread shares. (A finder on ``sys.meta_path`` needs only
+    ``find_spec``; ``importlib.abc``, which numba imports later anyway, is not imported for it.)"""
 
     def __init__(self, names: list[str]) -> None:
         self.names, self.thread = frozenset(names), threading.get_ident()
