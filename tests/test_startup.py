@@ -14,15 +14,21 @@ from weightpack import minilm
 COMPILER_ONLY = ("numba.typed.typeddict", "numba.np.arraymath", "numba.np.linalg")
 
 
+def printed(code: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> list[str]:
+    """The words ``python -c CODE ARGS`` prints in a child process (``env``: its environment, if not this
+    one's), which must succeed."""
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def loaded_after(*args: str, cache: Path | None = None) -> set[str]:
     """The modules a child process has loaded once ``weightpack ARGS`` has run in it (with numba's
     cache in ``cache``, if given)."""
     code = ("import sys\nfrom weightpack.cli import main\nstatus = main(sys.argv[1:])\n"
             "print(' '.join(sys.modules))\nsys.exit(status)")
     env = dict(os.environ, **({"NUMBA_CACHE_DIR": str(cache)} if cache else {}))
-    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    return set(result.stdout.split())
+    return set(printed(code, *args, env=env))
 
 
 # numba's array implementation (and the string code it imports): what cached code that allocates
@@ -77,9 +83,8 @@ def test_other_numba_code_in_the_process_loads_as_numba_does(tmp_path: Path) -> 
     code = "import sys, weightpack.jit, theirs\nassert theirs.f(1) == 2\nprint(' '.join(sys.modules))"
     env = dict(os.environ, PYTHONPATH=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     for _ in range(2):  # compiled, then loaded from the cache
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-    assert set(COMPILER_ONLY) <= set(result.stdout.split())  # numba's own loading: its full refresh
+        words = printed(code, env=env, cwd=tmp_path)
+    assert set(COMPILER_ONLY) <= set(words)  # numba's own loading: its full refresh
 
 
 def test_a_first_run_compiles_one_rans_decoder_for_planes_of_every_width(minilm_dirs: dict[str, Path],
@@ -97,9 +102,7 @@ def test_a_first_run_compiles_one_rans_decoder_for_planes_of_every_width(minilm_
             "for a in sys.argv[1:]:\n    weightpack.unpack(a, a + '.out')\n"
             "print(len(rans._decode.signatures), writers)")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
-    result = subprocess.run([sys.executable, "-c", code, *archives], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "0"]
+    assert printed(code, *archives, env=env) == ["1", "0"]
 
 
 def test_a_first_pack_compiles_one_rans_encoder_and_one_checksum_kernel(tmp_path: Path) -> None:
@@ -119,10 +122,7 @@ def test_a_first_pack_compiles_one_rans_encoder_and_one_checksum_kernel(tmp_path
             "weightpack.pack(sys.argv[1], sys.argv[1] + '.wpk')\n"
             "print(len(rans._encode.signatures), len(checksum._xxh64.signatures))")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.safetensors")], capture_output=True,
-                            text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "1"]
+    assert printed(code, str(tmp_path / "m.safetensors"), env=env) == ["1", "1"]
 
 
 def test_numba_imported_beside_other_threads_skips_what_it_only_probes() -> None:
@@ -133,9 +133,7 @@ def test_numba_imported_beside_other_threads_skips_what_it_only_probes() -> None
             "loader = threading.Thread(target=__import__, args=('weightpack.jit',))\n"
             "loader.start(); loader.join()\n"
             "print('weightpack.jit' in sys.modules, 'scipy' in sys.modules, 'yaml' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "False", "False"]
+    assert printed(code) == ["True", "False", "False"]
 
 
 def test_what_numbas_import_skips_is_hidden_from_its_thread_only() -> None:
@@ -151,9 +149,7 @@ def test_what_numbas_import_skips_is_hidden_from_its_thread_only() -> None:
             "other = threading.Thread(target=importlib.import_module, args=('colorsys',))\n"
             "other.start(); other.join()\n"
             "print('colorsys' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["absent", "True"]
+    assert printed(code) == ["absent", "True"]
 
 
 def test_a_warm_unpack_starts_nothing_only_other_numba_code_needs(bf16_wpk: Path, tmp_path: Path) -> None:
@@ -165,10 +161,8 @@ def test_a_warm_unpack_starts_nothing_only_other_numba_code_needs(bf16_wpk: Path
             "from numba.core import entrypoints\nfrom numba.core.runtime import rtsys\n"
             "print(rtsys._init, entrypoints._already_initialized, 'numpy.ma' in sys.modules)")
     for name in ("first", "second"):  # the first fills the cache
-        result = subprocess.run([sys.executable, "-c", code, "unpack", str(bf16_wpk), "-o",
-                                 str(tmp_path / f"{name}.safetensors"), "-q"], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False", "False"]
+        words = printed(code, "unpack", str(bf16_wpk), "-o", str(tmp_path / f"{name}.safetensors"), "-q")
+    assert words == ["False", "False", "False"]
     assert (tmp_path / "second.safetensors").read_bytes() == (tmp_path / "first.safetensors").read_bytes()
 
 
@@ -182,10 +176,7 @@ def test_a_cached_kernel_that_needs_numbas_runtime_gets_it(tmp_path: Path) -> No
             "print(allocating.ones(3).sum(), sum(allocating.ones.stats.cache_hits.values()))")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     for hits in ("0", "1"):  # compiled, then loaded from the cache
-        result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                                env=env)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["3.0", hits]
+        assert printed(code, str(tmp_path), env=env) == ["3.0", hits]
 
 
 def test_the_program_gives_numpys_blas_one_thread_unless_the_environment_says(bf16_wpk: Path,
@@ -198,8 +189,6 @@ def test_the_program_gives_numpys_blas_one_thread_unless_the_environment_says(bf
     for given, expected in ((None, "1"), ("3", "3")):
         env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
         env.update({"OPENBLAS_NUM_THREADS": given} if given else {})
-        result = subprocess.run([sys.executable, "-c", code, "unpack", str(bf16_wpk), "-o",
-                                 str(tmp_path / f"{expected}.safetensors"), "-q"], capture_output=True, text=True,
-                                env=env)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == [expected, "True"]
+        words = printed(code, "unpack", str(bf16_wpk), "-o", str(tmp_path / f"{expected}.safetensors"), "-q",
+                        env=env)
+        assert words == [expected, "True"]
